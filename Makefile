@@ -1,0 +1,38 @@
+# ssl-census: the two commands that do everything on a fresh machine are `make demo` and `make test`.
+PYTHON ?= python3
+PIP ?= $(PYTHON) -m pip
+WORK ?= work
+CENSUS_VERSION ?= 2023-05-15
+CENSUS_URI ?=
+SHARDS_CONFIG ?= configs/shards/sctab-2023-05-15.toml
+SHARDS_OUT ?= $(WORK)/shards
+export SSL_CENSUS_DATA ?= $(abspath ../shared/data)
+
+.PHONY: install test demo shards bench lint
+
+# torch first and pinned: an open torch requirement pulls gigabytes of CUDA packages.
+install: .installed
+.installed: pyproject.toml
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[dev]"
+	touch .installed
+
+test: install
+	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+lint: install
+	$(PYTHON) -m ruff check ssl_census tests
+
+demo: install
+	$(PYTHON) -m ssl_census.demo --work $(WORK)/demo
+
+shards: install
+ifeq ($(CENSUS_URI),)
+	ssl-census shards build --census-version $(CENSUS_VERSION) --config $(SHARDS_CONFIG) --out $(SHARDS_OUT)
+else
+	ssl-census shards build --census-uri $(CENSUS_URI) --config $(SHARDS_CONFIG) --out $(SHARDS_OUT)
+endif
+
+bench: install
+	ssl-census bench shards --work $(WORK)/bench
+	ssl-census bench loader --shards $(WORK)/bench/shards --json $(WORK)/bench/loader.json

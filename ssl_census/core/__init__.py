@@ -1,0 +1,1 @@
+"""Shared machinery every stage stands on: errors, atomic files, configs, the shard-store format."""

@@ -1,0 +1,46 @@
+"""TOML presets with command-line overrides (stdlib ``tomllib``)."""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ssl_census.core.errors import UserError
+
+CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+
+
+def resolve_config_path(path: str | Path, kind: str | None = None) -> Path:
+    """A path as given, or the name of a preset under ``configs/<kind>/``."""
+    p = Path(path)
+    if p.exists():
+        return p
+    if kind is not None:
+        preset = CONFIG_ROOT / kind / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
+        if preset.exists():
+            return preset
+    raise UserError(f"config not found: {path}", "give a TOML file path or a preset name")
+
+
+def load_toml(path: str | Path, kind: str | None = None) -> dict[str, Any]:
+    p = resolve_config_path(path, kind)
+    try:
+        with open(p, "rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{p} is not valid TOML ({e})", "fix the syntax at the position shown") from None
+
+
+def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``overrides`` into ``base``; ``None`` values in overrides are ignored."""
+    out: dict[str, Any] = dict(base)
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
+            out[k] = merge(out[k], v)
+        else:
+            out[k] = v
+    return out
