@@ -1,0 +1,34 @@
+"""The stored values: raw counts normalised to a fixed total over the gene space, then log1p.
+
+One function serves the build, the test-store writer and ``verify``, so the three can never
+disagree about what a stored value means.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+TARGET_SUM = 10_000.0
+NORMALISATION = "log1p(counts / library_size * 1e4), float32; library_size over the gene space"
+NORMALISATION_VERSION = 1
+
+
+def library_sizes(indptr: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Per-row sum of raw counts (int64), for a CSR block whose indptr starts at 0."""
+    indptr = np.asarray(indptr, dtype=np.int64)
+    csum = np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
+    return csum[indptr[1:]] - csum[indptr[:-1]]
+
+
+def normalise(indptr: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(data, library_size)`` with data = log1p(counts / library_size * 10,000) as float32.
+
+    Computed in float64 and rounded once, so the value does not depend on block boundaries.
+    Rows with a zero library size must have been removed before (they cannot be normalised).
+    """
+    lib = library_sizes(indptr, counts)
+    if np.any(lib[np.diff(indptr) > 0] <= 0):
+        raise ValueError("rows with non-positive library size cannot be normalised")
+    per_entry = np.repeat(lib, np.diff(indptr)).astype(np.float64)
+    data = np.log1p(np.asarray(counts, dtype=np.float64) * (TARGET_SUM / per_entry))
+    return data.astype(np.float32), lib
