@@ -1,0 +1,71 @@
+"""The paper's fully connected encoder and decoder (Richter et al. 2024, Methods).
+
+Hidden layers are Linear -> SELU -> Dropout; the last layer is linear so the latent space
+(and the reconstruction) is not squashed. No normalisation layers: SELU is self-normalising,
+and a model without batch statistics embeds a cell the same way whatever batch it is in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+PAPER_HIDDEN = (512, 512, 256, 256, 64)
+
+
+def _stack(sizes: Sequence[int], dropout: float) -> nn.Sequential:
+    """Linear layers between consecutive ``sizes``: SELU + dropout after all but the last."""
+    layers: list[nn.Module] = []
+    for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+        layers.append(nn.Linear(n_in, n_out))
+        if i < len(sizes) - 2:
+            layers += [nn.SELU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+class Encoder(nn.Module):
+    """Genes -> latent: ``n_genes -> hidden[0] -> ... -> hidden[-1]`` (the latent size)."""
+
+    def __init__(
+        self, n_genes: int, hidden: Sequence[int] = PAPER_HIDDEN, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        if not hidden:
+            raise ValueError("hidden needs at least the latent size")
+        self.n_genes = int(n_genes)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.dropout = float(dropout)
+        self.net = _stack((self.n_genes, *self.hidden), self.dropout)
+
+    @property
+    def latent_dim(self) -> int:
+        return self.hidden[-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """Latent -> genes, the encoder's layer sizes in reverse."""
+
+    def __init__(
+        self, n_genes: int, hidden: Sequence[int] = PAPER_HIDDEN, dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        self.net = _stack((*reversed(tuple(hidden)), int(n_genes)), float(dropout))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+def mlp_head(
+    in_dim: int, hidden: int, out_dim: int, batch_norm: bool = True
+) -> nn.Sequential:
+    """A two-layer head (projector, predictor, classifier): Linear [-> BN] -> ReLU -> Linear."""
+    layers: list[nn.Module] = [nn.Linear(in_dim, hidden)]
+    if batch_norm:
+        layers.append(nn.BatchNorm1d(hidden))
+    layers += [nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)]
+    return nn.Sequential(*layers)

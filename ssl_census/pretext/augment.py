@@ -1,0 +1,40 @@
+"""Views for the contrastive methods: negative-binomial noise plus dropout masking.
+
+Noise as in the paper's code: negative-binomial counts (``total_count`` 10, success
+probabilities uniform per entry) normalised to 10,000 per cell, log1p, scaled by
+``intensity`` and added to the log-normalised input, clamped at 0. Dropout masking sets a
+fraction of entries to 0 without rescaling the rest (a rescale has no meaning in log space).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def negative_binomial_noise(
+    x: torch.Tensor, intensity: float, total_count: float = 10.0
+) -> torch.Tensor:
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        probs = torch.rand(x.shape, device=x.device).clamp_max(0.999)
+        rate = torch._standard_gamma(torch.full_like(probs, total_count)) * probs / (1 - probs)
+        counts = torch.poisson(rate)
+        noise = torch.log1p(counts / counts.sum(dim=1, keepdim=True).clamp_min(1) * 1e4)
+        return (x.float() + intensity * noise).clamp_min(0)
+
+
+def dropout_mask(x: torch.Tensor, rate: float) -> torch.Tensor:
+    return x * (torch.rand(x.shape, device=x.device) >= rate)
+
+
+class Augment(nn.Module):
+    def __init__(self, noise: float = 0.2, dropout: float = 0.1, total_count: float = 10.0):
+        super().__init__()
+        self.noise, self.dropout, self.total_count = noise, dropout, total_count
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.noise > 0:
+            x = negative_binomial_noise(x, self.noise, self.total_count)
+        if self.dropout > 0:
+            x = dropout_mask(x, self.dropout)
+        return x
