@@ -36,6 +36,12 @@ def _register() -> None:
     from ssl_census.census.commands import census
 
     main.add_command(census)
+    from ssl_census.training.commands import pretrain
+
+    main.add_command(pretrain)
 
 
 _register()
+
+if __name__ == "__main__":
+    main()
