@@ -1,0 +1,453 @@
+"""BlockShuffleLoader: shuffled batches of a shard-store split, read ahead by worker threads.
+
+Pipeline (docs/loader.md): a producer thread walks the epoch plan (:mod:`.plan`) one fetch
+at a time. For each fetch it asks the worker pool to decompress the fetch's blocks into one
+buffer per array (indices, data, counts), then cuts the fetch's cell order into batches and
+asks the pool to gather each batch's rows out of the buffer (:mod:`.gather`). A batch that
+straddles two fetches gathers from both buffers. Finished batches wait in a bounded queue;
+the number of buffers and batches alive at once is what ``memory_budget_bytes`` bounds.
+
+Threads, not processes: decompression (numcodecs Blosc), file reads and the compiled gather
+release the GIL, and a thread hands its ~100 MB batch over without a copy. Batches leave the
+workers as CSR parts in (for CUDA, pinned) host memory; dense tensors are built on the target
+device, never as a dense host array (except for ``device="cpu"``, where the host is the device).
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ssl_census.core.errors import UserError
+from ssl_census.data.gather import gather_runs, row_pointer
+from ssl_census.data.plan import EpochPlan, Fetch, class_balanced_weights
+from ssl_census.data.readers import array_dtype, open_reader
+from ssl_census.data.source import encode_obs, open_split
+
+# torch flags every CSR tensor as beta; the loader's use (construct, to_dense, .to) is stable.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+
+LAYER_ARRAYS = {"x": "data", "counts": "counts"}
+SAMPLERS = (None, "balanced")
+DEFAULT_BLOCK = 2048
+DEFAULT_BUDGET = 2 * 2**30
+
+
+@dataclass
+class Batch:
+    """One batch: values per layer, obs columns, and the cells' row positions in the split."""
+
+    index: torch.Tensor
+    obs: dict[str, torch.Tensor]
+    layers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def x(self) -> torch.Tensor:
+        return self.layers["x"]
+
+    @property
+    def counts(self) -> torch.Tensor:
+        return self.layers["counts"]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@dataclass
+class _HostBatch:
+    """A batch in host memory as CSR parts, before it goes to the device."""
+
+    rows: np.ndarray
+    indptr: torch.Tensor
+    indices: torch.Tensor
+    values: dict[str, torch.Tensor]
+    obs: dict[str, torch.Tensor]
+    dense: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class _FetchBuffer:
+    """A fetch's decompressed arrays and, per fetch cell, where its run starts and how long."""
+
+    arrays: dict[str, np.ndarray]
+    starts: np.ndarray
+    lengths: np.ndarray
+    rows: np.ndarray
+
+
+def _default_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    if rank is not None and world_size is not None:
+        return rank, world_size
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        r, w = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    else:
+        r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    return (r if rank is None else rank), (w if world_size is None else world_size)
+
+
+def _fetches_from(plan: EpochPlan, skip: int) -> Iterator[tuple[Fetch, int]]:
+    """The plan's fetches from stream position ``skip`` on, each with the cells to skip in it."""
+    for fetch in plan.fetches():
+        if skip >= len(fetch):
+            skip -= len(fetch)
+            continue
+        yield fetch, skip
+        skip = 0
+
+
+class BlockShuffleLoader:
+    """Batches of a split: block-shuffled, prefetched, bounded in memory, rank-aware.
+
+    Iterate it once per epoch and call :meth:`set_epoch` between epochs (as with torch's
+    DistributedSampler): the order depends on ``(seed, epoch)`` only. See docs/loader.md.
+    """
+
+    def __init__(
+        self,
+        shards_dir: str | os.PathLike[str],
+        split: str = "train",
+        batch_size: int = 8192,
+        layers: Sequence[str] = ("x",),
+        obs_columns: Sequence[str] = ("cell_type_code",),
+        dense: bool = True,
+        device: str | torch.device = "cpu",
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        rank: int | None = None,
+        world_size: int | None = None,
+        workers: int | None = None,
+        reader: str = "auto",
+        memory_budget_bytes: int = DEFAULT_BUDGET,
+        block_size: int = DEFAULT_BLOCK,
+        buffer_cells: int | None = None,
+        prefetch_batches: int = 2,
+        sampler: str | None = None,
+    ) -> None:
+        layers = tuple(layers)
+        if (
+            not layers
+            or any(lay not in LAYER_ARRAYS for lay in layers)
+            or len(set(layers)) != len(layers)
+        ):
+            raise UserError(f"bad layers {layers!r}", "use ('x',), ('counts',) or ('x', 'counts')")
+        if batch_size < 1 or block_size < 1 or prefetch_batches < 1:
+            raise UserError("batch_size, block_size and prefetch_batches must be at least 1")
+        if sampler not in SAMPLERS:
+            raise UserError(f"unknown sampler {sampler!r}", "use sampler=None or 'balanced'")
+        if sampler and not shuffle:
+            raise UserError("the balanced sampler draws at random", "use it with shuffle=True")
+        self.split_name = split
+        self.batch_size, self.layers, self.dense = batch_size, layers, dense
+        self.device = torch.device(device)
+        self.shuffle, self.seed, self.drop_last, self.sampler = shuffle, seed, drop_last, sampler
+        self.rank, self.world_size = _default_rank_world(rank, world_size)
+        if not 0 <= self.rank < self.world_size:
+            raise UserError(f"rank {self.rank} outside world size {self.world_size}")
+        self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+        self.prefetch_batches = prefetch_batches
+
+        obs_columns = tuple(obs_columns)
+        sampled = ("cell_type_code",) if sampler and "cell_type_code" not in obs_columns else ()
+        source = open_split(shards_dir, split, obs_columns + sampled)
+        self.n_cells, self.n_genes, self.nnz = source.n_cells, source.n_genes, source.nnz
+        if self.n_cells == 0:
+            raise UserError(f"split {split!r} has no cells", "choose a split with cells")
+        self._arrays = ("indices", *(LAYER_ARRAYS[lay] for lay in layers))
+        self.reader = open_reader(reader, source.x_root, ("indptr", *self._arrays))
+        self._dtypes = {a: array_dtype(source.x_root, a) for a in self._arrays}
+        self.indptr = self.reader.read("indptr", 0, self.n_cells + 1, np.dtype(np.int64))
+        obs, categories = encode_obs(source.obs)
+        self._weights = (
+            class_balanced_weights(obs["cell_type_code"], source.labels)
+            if sampler == "balanced"
+            else None
+        )
+        self._obs = {c: obs[c] for c in obs_columns}
+        self.categories = {c: v for c, v in categories.items() if c in obs_columns}
+
+        self.block_size = min(block_size, self.n_cells)
+        self.memory_budget_bytes = memory_budget_bytes
+        self.buffer_cells = self._buffer_cells(buffer_cells)
+        self.epoch = 0
+        self._start_batch = 0  # where the next iteration starts (set by load_state_dict)
+        self._yielded = 0  # batches handed out in the current iteration
+
+    # -- configuration -----------------------------------------------------------------------
+
+    def _cell_bytes(self) -> tuple[float, float]:
+        """(bytes a cell takes in a fetch buffer, bytes it takes in a finished batch)."""
+        avg_nnz = max(1.0, self.nnz / self.n_cells)
+        fetch = avg_nnz * sum(self._dtypes[a].itemsize for a in self._arrays) + 24
+        batch = avg_nnz * 4 * (1 + len(self.layers)) + 8
+        if self.dense:
+            batch += self.n_genes * 4 * len(self.layers) * (1 if self.device.type == "cpu" else 0)
+        return fetch, batch
+
+    def _buffer_cells(self, requested: int | None) -> int:
+        """Cells per fetch: three fetch buffers (one being gathered from, one loaded, one
+        starting) plus the batches queued or being gathered fit the memory budget."""
+        fetch_b, batch_b = self._cell_bytes()
+        batches_alive = self.prefetch_batches + self.workers + 1
+        room = self.memory_budget_bytes - batches_alive * self.batch_size * batch_b
+        fits = int(room // (3 * fetch_b))
+        cells = requested if requested is not None else min(fits, max(8 * self.batch_size, 65536))
+        if fits < self.block_size or cells > fits:
+            need = int(
+                batches_alive * self.batch_size * batch_b
+                + 3 * max(cells, self.block_size) * fetch_b
+            )
+            raise UserError(
+                f"memory_budget_bytes={self.memory_budget_bytes} is too small for batch_size "
+                f"{self.batch_size}, block_size {self.block_size} and buffer_cells {cells}",
+                f"raise it to at least {need} or lower batch_size, block_size or buffer_cells",
+            )
+        return max(self.block_size, cells // self.block_size * self.block_size)
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        return EpochPlan(
+            n_cells=self.n_cells,
+            batch_size=self.batch_size,
+            block_size=self.block_size,
+            fetch_blocks=self.buffer_cells // self.block_size,
+            seed=self.seed,
+            epoch=self.epoch if epoch is None else epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            shuffle=self.shuffle,
+            drop_last=self.drop_last,
+            weights=self._weights,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+        self._start_batch = 0
+
+    def __len__(self) -> int:
+        return len(self.plan())
+
+    # -- resuming ----------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "epoch": self.epoch,
+            "batch": self._start_batch + self._yielded,
+            "seed": self.seed,
+            "n_cells": self.n_cells,
+            "batch_size": self.batch_size,
+            "block_size": self.block_size,
+            "buffer_cells": self.buffer_cells,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "sampler": self.sampler,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue at the batch after the last one handed out when ``state`` was taken."""
+        mine = self.state_dict()
+        differ = [k for k in mine if k not in ("epoch", "batch") and state.get(k) != mine[k]]
+        if differ:
+            raise UserError(
+                f"loader state was saved with different settings ({', '.join(differ)})",
+                "resume with the same split, batch_size, block_size, buffer_cells, seed and ranks",
+            )
+        self.epoch = int(state["epoch"])
+        self._start_batch = int(state["batch"])
+        self._yielded = 0
+
+    # -- iteration ---------------------------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Batch]:
+        plan = self.plan()
+        start = self._start_batch
+        self._yielded = 0
+        results: queue.Queue = queue.Queue(maxsize=self.prefetch_batches)
+        stop = threading.Event()
+        pool = ThreadPoolExecutor(self.workers, thread_name_prefix="ssl-census-loader")
+        producer = threading.Thread(
+            target=self._produce,
+            args=(plan, start, pool, results, stop),
+            daemon=True,
+            name="ssl-census-loader-plan",
+        )
+        producer.start()
+        try:
+            while True:
+                item = results.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                batch = self._to_device(item.result())
+                self._yielded += 1
+                yield batch
+            self._start_batch = 0
+            self._yielded = 0
+        finally:
+            stop.set()
+            while producer.is_alive():
+                try:
+                    results.get_nowait()
+                except queue.Empty:
+                    producer.join(0.05)
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def _put(self, results: queue.Queue, item: Any, stop: threading.Event) -> bool:
+        while not stop.is_set():
+            try:
+                results.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _produce(
+        self,
+        plan: EpochPlan,
+        start_batch: int,
+        pool: ThreadPoolExecutor,
+        results: queue.Queue,
+        stop: threading.Event,
+    ) -> None:
+        try:
+            self._produce_batches(plan, start_batch, pool, results, stop)
+            self._put(results, None, stop)
+        except BaseException as e:  # handed to the consumer, which raises it
+            self._put(results, e, stop)
+
+    def _produce_batches(
+        self,
+        plan: EpochPlan,
+        start_batch: int,
+        pool: ThreadPoolExecutor,
+        results: queue.Queue,
+        stop: threading.Event,
+    ) -> None:
+        upcoming = _fetches_from(plan, start_batch * self.batch_size)
+        current = next(upcoming, None)
+        loading = self._load(current[0], pool) if current else None
+        pieces: list[tuple[_FetchBuffer, np.ndarray]] = []
+        filled = 0
+        while current is not None:
+            fetch, skip = current
+            buf = self._wait(loading, fetch)
+            current = next(upcoming, None)
+            loading = self._load(current[0], pool) if current else None
+            order = fetch.order[skip:]
+            pos = 0
+            while pos < len(order):
+                take = min(self.batch_size - filled, len(order) - pos)
+                pieces.append((buf, order[pos : pos + take]))
+                filled += take
+                pos += take
+                if filled == self.batch_size:
+                    if not self._put(results, pool.submit(self._gather, pieces), stop):
+                        return
+                    pieces, filled = [], 0
+            if stop.is_set():
+                return
+        if pieces:
+            self._put(results, pool.submit(self._gather, pieces), stop)
+
+    def _load(
+        self, fetch: Fetch, pool: ThreadPoolExecutor
+    ) -> tuple[dict[str, np.ndarray], list[Future]]:
+        """Start decompressing a fetch's blocks into fresh buffers, a task per block and array."""
+        lo, hi = self.indptr[fetch.starts], self.indptr[fetch.stops]
+        sizes = hi - lo
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        arrays = {a: np.empty(int(offsets[-1]), dtype=self._dtypes[a]) for a in self._arrays}
+        futures = [
+            pool.submit(
+                self.reader.read_into,
+                a,
+                int(lo[b]),
+                int(hi[b]),
+                arrays[a][offsets[b] : offsets[b + 1]],
+            )
+            for b in range(len(sizes))
+            for a in self._arrays
+            if sizes[b]
+        ]
+        return arrays, futures
+
+    def _wait(
+        self, loading: tuple[dict[str, np.ndarray], list[Future]] | None, fetch: Fetch
+    ) -> _FetchBuffer:
+        assert loading is not None
+        arrays, futures = loading
+        for f in futures:
+            f.result()
+        rows = fetch.rows
+        lengths = self.indptr[rows + 1] - self.indptr[rows]
+        starts = np.zeros(len(rows), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        return _FetchBuffer(arrays, starts, lengths, rows)
+
+    def _gather(self, pieces: list[tuple[_FetchBuffer, np.ndarray]]) -> _HostBatch:
+        """Copy the batch's rows out of their fetch buffers (runs on a worker thread)."""
+        lengths = np.concatenate([buf.lengths[sel] for buf, sel in pieces])
+        rows = np.concatenate([buf.rows[sel] for buf, sel in pieces])
+        nnz = int(lengths.sum())
+        pin = self.device.type == "cuda"
+        indices = torch.empty(nnz, dtype=torch.int32, pin_memory=pin)
+        values = {lay: torch.empty(nnz, dtype=torch.float32, pin_memory=pin) for lay in self.layers}
+        for name, out in (("indices", indices), *((LAYER_ARRAYS[k], v) for k, v in values.items())):
+            pos, out_np = 0, out.numpy()
+            for buf, sel in pieces:
+                pos = gather_runs(buf.arrays[name], buf.starts[sel], buf.lengths[sel], out_np, pos)
+        indptr = torch.from_numpy(row_pointer(lengths, np.int32))
+        if pin:
+            indptr = indptr.pin_memory()
+        obs = {col: torch.from_numpy(arr[rows]) for col, arr in self._obs.items()}
+        host = _HostBatch(rows, indptr, indices, values, obs)
+        if self.dense and self.device.type == "cpu":
+            host.dense = {lay: self._csr(host, lay).to_dense() for lay in self.layers}
+        return host
+
+    def _csr(
+        self, host: _HostBatch, layer: str, device: torch.device | None = None
+    ) -> torch.Tensor:
+        dev = device or torch.device("cpu")
+        nb = device is not None and device.type == "cuda"
+        return torch.sparse_csr_tensor(
+            host.indptr.to(dev, non_blocking=nb),
+            host.indices.to(dev, non_blocking=nb),
+            host.values[layer].to(dev, non_blocking=nb),
+            size=(len(host.rows), self.n_genes),
+            check_invariants=False,
+        )
+
+    def _to_device(self, host: _HostBatch) -> Batch:
+        dev = self.device
+        nb = dev.type == "cuda"
+        if dev.type == "cpu":
+            layers = (
+                host.dense
+                if host.dense is not None
+                else {lay: self._csr(host, lay) for lay in self.layers}
+            )
+        else:
+            layers = {}
+            for lay in self.layers:
+                csr = self._csr(host, lay, dev)
+                layers[lay] = csr.to_dense() if self.dense else csr
+        return Batch(
+            index=torch.from_numpy(host.rows).to(dev, non_blocking=nb),
+            obs={k: v.to(dev, non_blocking=nb) for k, v in host.obs.items()},
+            layers=layers,
+        )
+
+    def close(self) -> None:
+        self.reader.close()
