@@ -39,6 +39,9 @@ def _register() -> None:
     from ssl_census.training.commands import pretrain
 
     main.add_command(pretrain)
+    from ssl_census.shards.commands import shards
+
+    main.add_command(shards)
 
 
 _register()

@@ -1,0 +1,328 @@
+"""``shards build``: census -> curated, donor-split, normalised, shuffled shard store.
+
+One code path for a census release (``--census-version``) and a local census-layout store
+(``--census-uri``)::
+
+    open census -> obs of eligible cells (value filter, needed columns only)
+      -> gene space (gene list matched by feature_name, census var order)
+      -> split per tech_sample (hash) -> cell types kept (Cell Ontology thresholds)
+      -> phase 1: parts, per dataset slice, in worker processes   (shards.parts)
+      -> labels.parquet, var.parquet
+      -> phase 2: per split, external shuffle into X.zarr + obs.parquet (shards.merge)
+      -> manifest.json with checksums, written last
+
+Resuming: the output directory records what it is being built for (``.build.json`` with a
+``build_id``); a rerun with the same inputs skips finished parts and splits, one with other
+inputs is refused. Every step's output is deterministic, so a resumed build ends with the
+same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import resource
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ssl_census import __version__
+from ssl_census.core import atomic
+from ssl_census.core.errors import UserError
+from ssl_census.core.ontology import load_cell_ontology
+from ssl_census.core.progress import progress
+from ssl_census.shards import merge, parts, source
+from ssl_census.shards.config import ShardsConfig
+from ssl_census.shards.curation import curate_cell_types
+from ssl_census.shards.genes import GeneSpace, fetch_gene_list, match_genes
+from ssl_census.shards.source import CensusSpec
+from ssl_census.shards.split import SHUFFLE_RULE, SPLIT_RULE, assign_splits, tech_sample
+from ssl_census.shards.store import (
+    MANIFEST,
+    SPLITS,
+    STORE_FORMAT,
+    finish_store,
+    label_table,
+    read_manifest,
+    read_parquet,
+    write_tables,
+)
+from ssl_census.shards.values import NORMALISATION, NORMALISATION_VERSION, TARGET_SUM
+
+BUILD_FILE = ".build.json"
+PARTS_DIR = ".parts"
+DEFAULT_MEMORY_BUDGET = 4 << 30
+# bytes a cell costs on disk while building (parts + store), assumed before anything is read
+DISK_BYTES_PER_CELL = 2 * 2000 * 10
+
+
+@dataclass
+class BuildReport:
+    out: Path
+    manifest: dict[str, Any]
+    parts_total: int = 0
+    parts_built: int = 0
+    cells_read: int = 0
+    seconds: float = 0.0
+    phase_seconds: dict[str, float] = field(default_factory=dict)
+    peak_rss_bytes: int = 0
+    peak_rss_worker_bytes: int = 0
+
+
+@dataclass(frozen=True)
+class BuildInputs:
+    """Everything the store's content depends on (hashed into build_id)."""
+
+    census: dict[str, str]
+    census_summary: dict[str, str]
+    config: dict[str, Any]
+    gene_list_sha256: str
+    cl_release: str
+
+    def build_id(self) -> str:
+        blob = json.dumps({"format": STORE_FORMAT, "norm": NORMALISATION_VERSION,
+                           **self.__dict__}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _peak_rss() -> tuple[int, int]:
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    return own, children
+
+
+@contextmanager
+def _disk_errors(out: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise UserError(f"no space left on the device holding {out}",
+                            "free space (or use another --out) and rerun: finished work is kept"
+                            ) from None
+        raise
+
+
+def prepare_out_dir(out: Path, build_id: str, request: dict[str, Any]) -> bool:
+    """Claim ``out`` for this build; True when it already holds this build, complete."""
+    manifest = read_manifest(out)
+    recorded = _read_json(out / BUILD_FILE)
+    if manifest is not None and manifest.get("build_id") not in (None, build_id):
+        raise UserError(f"{out} holds another shard store (built from other inputs)",
+                        "choose a new --out, or delete the directory to rebuild")
+    if recorded is not None and recorded.get("build_id") != build_id:
+        raise UserError(f"{out} holds a half-built store of another build",
+                        "choose a new --out, or delete the directory to start over")
+    if recorded is None and out.exists() and any(p.name != PARTS_DIR for p in out.iterdir()):
+        raise UserError(f"{out} is not empty and holds no shard build",
+                        "choose an empty or new --out directory")
+    out.mkdir(parents=True, exist_ok=True)
+    if recorded is None:
+        atomic.write_json(out / BUILD_FILE, {"build_id": build_id, **request})
+    return manifest is not None and manifest.get("complete") is True
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def check_free_space(out: Path, n_cells: int) -> None:
+    need = n_cells * DISK_BYTES_PER_CELL
+    probe = out if out.exists() else next(p for p in out.parents if p.exists())
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise UserError(
+            f"not enough free disk space for {n_cells:,} cells at {out}: about "
+            f"{need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free",
+            "free space or choose another --out",
+        )
+
+
+def resolve_gene_space(var: pd.DataFrame, cfg: ShardsConfig, gene_list: str | None,
+                       cache_dir: Path) -> GeneSpace:
+    path = Path(gene_list) if gene_list else fetch_gene_list(cfg.genes, cache_dir)
+    return match_genes(var, path, cfg.genes.min_matched)
+
+
+def plan_parts(obs: pd.DataFrame, fingerprints: dict[str, str], space: GeneSpace,
+               cfg: ShardsConfig, spec: CensusSpec, parts_dir: Path,
+               cells: int) -> list[parts.PartTask]:
+    """Slices of at most ``cells`` eligible cells per dataset, each named by its content."""
+    settings = {"genes": space.sha256, "norm": NORMALISATION_VERSION, "split": cfg.split,
+                "seed": cfg.shuffle_seed, "n_genes": space.n_genes}
+    gene_joinids = space.var["soma_joinid"].to_numpy(np.int64)
+    tasks = []
+    for dataset_id, ds in obs.groupby("dataset_id", observed=True, sort=True):
+        for lo in range(0, len(ds), cells):
+            chunk = ds.iloc[lo : lo + cells].reset_index(drop=True)
+            joinids = chunk["soma_joinid"].to_numpy(np.int64)
+            fp = fingerprints.get(str(dataset_id), str(dataset_id))
+            key = parts.part_key(fp, joinids, chunk["split"].to_numpy(), settings)
+            tasks.append(parts.PartTask(spec, key, parts_dir / key,
+                                        chunk[[*parts.PART_OBS_COLUMNS, "split"]], gene_joinids,
+                                        min(cells, 20_000), cfg.shuffle_seed))
+    return tasks
+
+
+def run_parts(tasks: list[parts.PartTask], workers: int) -> tuple[int, int]:
+    """Build the parts not yet done; returns (parts built, cells read)."""
+    todo = [t for t in tasks if not t.directory.is_dir()]
+    total = sum(len(t.obs) for t in todo)
+    with progress(total=total, desc="shards: read + normalise") as bar:
+        if workers <= 1:
+            for t in todo:
+                parts.write_part(t)
+                bar.update(len(t.obs))
+        else:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                futures = {pool.submit(parts.write_part, t): len(t.obs) for t in todo}
+                for f in as_completed(futures):
+                    f.result()
+                    bar.update(futures[f])
+    return len(todo), total
+
+
+def split_label_counts(part_dirs: list[Path]) -> dict[str, dict[str, int]]:
+    counts: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
+    for d in part_dirs:
+        for s in SPLITS:
+            f = d / f"{s}.obs.parquet"
+            if f.is_file():
+                vc = read_parquet(f)["cell_type_ontology_term_id"].astype(str).value_counts()
+                for term, n in vc.items():
+                    counts[s][term] = counts[s].get(term, 0) + int(n)
+    return counts
+
+
+def build_shards(
+    out: str | os.PathLike[str],
+    config: ShardsConfig,
+    census_version: str | None = None,
+    census_uri: str | None = None,
+    gene_list: str | None = None,
+    workers: int = 1,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    parts_dir: str | os.PathLike[str] | None = None,
+    keep_parts: bool = False,
+) -> BuildReport:
+    """Build (or resume) a shard store at ``out``; see the module docstring."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    spec = CensusSpec(version=None if census_uri else (census_version or "2023-05-15"),
+                      uri=census_uri)
+    phases: dict[str, float] = {}
+    with _disk_errors(out), spec.open() as census:
+        summary = source.read_summary(census)
+        var = source.read_var(census)
+        fingerprints = source.dataset_fingerprints(source.read_datasets(census))
+        space = resolve_gene_space(var, config, gene_list, out.parent / ".ssl-census-cache")
+        ontology = load_cell_ontology(config.curation.cl_release)
+        inputs = BuildInputs(spec.identity(), summary, config.to_dict(), space.sha256,
+                             ontology.release)
+        build_id = inputs.build_id()
+        if prepare_out_dir(out, build_id, {"census": spec.identity(), "config": config.name}):
+            return BuildReport(out, read_manifest(out) or {})
+        obs = source.read_eligible_obs(census, config.query.value_filter())
+        phases["obs"] = time.perf_counter() - t0
+    if obs.empty:
+        raise UserError(f"the filter `{config.query.value_filter()}` selects no census cells",
+                        "check the census and the [query] section of the config")
+    obs["tech_sample"] = tech_sample(obs["dataset_id"], obs["donor_id"]).astype("category")
+    obs["split"] = assign_splits(obs["tech_sample"], config.split)
+    types = curate_cell_types(obs, ontology, config.curation)
+    if types.kept.empty and not config.curation.keep_unlabelled:
+        raise UserError("no cell type passes the curation thresholds",
+                        "lower the thresholds in [curation] or set keep_unlabelled = true")
+    check_free_space(out, len(obs))
+
+    part_root = Path(parts_dir) if parts_dir else out / PARTS_DIR
+    part_root.mkdir(parents=True, exist_ok=True)
+    tasks = plan_parts(obs, fingerprints, space, config, spec, part_root,
+                       parts.cells_per_part(memory_budget, workers))
+    del obs
+    t1 = time.perf_counter()
+    with _disk_errors(out):
+        built, cells_read = run_parts(tasks, workers)
+        phases["parts"] = time.perf_counter() - t1
+        part_dirs = [t.directory for t in tasks]
+
+        kept = types.kept
+        labels = label_table(kept, split_label_counts(part_dirs))
+        codes = dict(zip(labels["cell_type_ontology_term_id"], labels["cell_type_code"],
+                         strict=True))
+        t2 = time.perf_counter()
+        n_cells = {}
+        for s in SPLITS:
+            n_cells[s] = _merge_once(out, s, part_dirs, codes, config, space.n_genes,
+                                     memory_budget, build_id)
+        phases["merge"] = time.perf_counter() - t2
+        write_tables(out, space.var, labels)
+        dropped = sum(parts.read_summary(d)["dropped_empty"] for d in part_dirs)
+        manifest = finish_store(out, _manifest(build_id, spec, summary, config, space,
+                                               ontology.release, types, dropped, n_cells))
+    if not keep_parts and parts_dir is None:
+        shutil.rmtree(part_root, ignore_errors=True)
+    (out / BUILD_FILE).unlink(missing_ok=True)
+    for s in SPLITS:
+        (out / s / _DONE).unlink(missing_ok=True)
+    own, children = _peak_rss()
+    return BuildReport(out, manifest, len(tasks), built, cells_read,
+                       time.perf_counter() - t0, phases, own, children)
+
+
+_DONE = ".done"
+
+
+def _merge_once(out: Path, split: str, part_dirs: list[Path], codes: dict[str, int],
+                config: ShardsConfig, n_genes: int, memory_budget: int, build_id: str) -> int:
+    """Merge one split unless a previous run of this build finished it."""
+    done = _read_json(out / split / _DONE)
+    if done is not None and done.get("build_id") == build_id:
+        return int(done["n_cells"])
+    shutil.rmtree(out / split, ignore_errors=True)
+    n = merge.merge_split(part_dirs, split, out, codes, config.curation.keep_unlabelled,
+                          config.shuffle_seed, n_genes, memory_budget)
+    atomic.write_json(out / split / _DONE, {"build_id": build_id, "n_cells": n})
+    return n
+
+
+def _manifest(build_id: str, spec: CensusSpec, summary: dict[str, str], config: ShardsConfig,
+              space: GeneSpace, cl_release: str, types: Any, dropped_empty: int,
+              n_cells: dict[str, int]) -> dict[str, Any]:
+    table = types.table
+    return {
+        "build_id": build_id,
+        "tool_version": __version__,
+        "census": {**spec.identity(),
+                   "schema_version": summary.get("census_schema_version"),
+                   "build_date": summary.get("census_build_date")},
+        "query": {"value_filter": config.query.value_filter(),
+                  "is_primary_data": config.query.is_primary_data,
+                  "assays": list(config.query.assays)},
+        "thresholds": {**config.curation.__dict__, "cl_release": cl_release},
+        "cell_types": {"candidates": int(len(table)), "kept": int(table["kept"].sum())},
+        "gene_list": {"sha256": space.sha256, "n_genes": space.n_genes,
+                      "n_listed": space.n_listed, "source": Path(space.source).name},
+        "split": {"rule": SPLIT_RULE, "salt": config.split.salt,
+                  "fractions": list(config.split.fractions), "unit": "tech_sample"},
+        "shuffle": {"rule": SHUFFLE_RULE, "seed": config.shuffle_seed},
+        "normalisation": {"rule": NORMALISATION, "target_sum": TARGET_SUM,
+                          "version": NORMALISATION_VERSION},
+        "dropped": {"empty_cells": dropped_empty},
+        "config_name": config.name,
+        "manifest_file": MANIFEST,
+    }

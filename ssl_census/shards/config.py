@@ -1,0 +1,97 @@
+"""Build settings, read from a TOML preset (configs/shards/*.toml) with defaults for the rest."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssl_census.core.config import load_toml
+from ssl_census.core.errors import UserError
+
+TENX_ASSAYS = (
+    "10x 5' v2", "10x 3' v3", "10x 3' v2", "10x 5' v1", "10x 3' v1",
+    "10x 3' transcription profiling", "10x 5' transcription profiling",
+)
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    is_primary_data: bool = True
+    assays: tuple[str, ...] = TENX_ASSAYS
+
+    def value_filter(self) -> str:
+        """The obs value filter (tiledbsoma syntax) that selects eligible cells."""
+        assays = ", ".join(repr(a) for a in self.assays)
+        return f"is_primary_data == {self.is_primary_data} and assay in [{assays}]"
+
+
+@dataclass(frozen=True)
+class CurationConfig:
+    """scTab's cell-type rule: at least ``min_cells`` cells, more than ``min_tech_samples``
+    tech_samples, more than ``min_ancestors`` CL ancestors, descending from ``root``."""
+
+    min_cells: int = 5000
+    min_tech_samples: int = 30
+    min_ancestors: int = 7
+    root: str = "CL:0000003"
+    cl_release: str | None = None
+    keep_unlabelled: bool = False
+
+
+@dataclass(frozen=True)
+class GenesConfig:
+    url: str | None = None
+    sha256: str | None = None
+    min_matched: int = 1000
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    salt: str = "ssl-census/split/v1"
+    fractions: tuple[float, float, float] = (0.70, 0.15, 0.15)
+
+
+@dataclass(frozen=True)
+class ShardsConfig:
+    name: str = "custom"
+    query: QueryConfig = field(default_factory=QueryConfig)
+    curation: CurationConfig = field(default_factory=CurationConfig)
+    genes: GenesConfig = field(default_factory=GenesConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    shuffle_seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _section(cls: type, raw: dict[str, Any], name: str) -> Any:
+    known = set(cls.__dataclass_fields__)
+    unknown = set(raw) - known
+    if unknown:
+        keys = ", ".join(sorted(unknown))
+        raise UserError(f"unknown keys in [{name}] of the shards config: {keys}",
+                        f"use only {', '.join(sorted(known))}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
+    return cls(**values)
+
+
+def load_shards_config(path: str | Path) -> ShardsConfig:
+    """Read a shards config: a TOML path or a preset name under configs/shards/."""
+    raw = load_toml(path, kind="shards")
+    sections = {"query": QueryConfig, "curation": CurationConfig, "genes": GenesConfig,
+                "split": SplitConfig}
+    unknown = set(raw) - set(sections) - {"name", "shuffle_seed"}
+    if unknown:
+        raise UserError(f"unknown sections in the shards config: {', '.join(sorted(unknown))}",
+                        f"use {', '.join(sections)}, name, shuffle_seed")
+    cfg = ShardsConfig(
+        name=str(raw.get("name", Path(path).stem)),
+        shuffle_seed=int(raw.get("shuffle_seed", 0)),
+        **{k: _section(cls, raw.get(k, {}), k) for k, cls in sections.items()},
+    )
+    fr = cfg.split.fractions
+    if len(fr) != 3 or abs(sum(fr) - 1.0) > 1e-9 or min(fr) < 0:
+        raise UserError(f"split fractions {fr} must be three non-negative numbers summing to 1",
+                        "e.g. fractions = [0.70, 0.15, 0.15]")
+    return cfg

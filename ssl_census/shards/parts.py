@@ -1,0 +1,155 @@
+"""Phase 1 of a build: census cells -> normalised "parts", one directory per slice of a dataset.
+
+A part holds the eligible cells of one slice of one dataset, restricted to the gene space,
+normalised, grouped by split and sorted by the shuffle key (``split.shuffle_keys``). Its name
+is a hash of everything its bytes depend on (dataset fingerprint, cells, gene list,
+normalisation, split rule, shuffle seed), so a rerun - or a later build that shares the
+dataset - finds it done and skips it. A part is written under ``<key>.partial`` and renamed
+when whole: a directory named ``<key>`` is always finished.
+
+Files of a part, per split present (``s`` in train/val/test)::
+
+    s.indptr.npy (int64)  s.indices.npy (uint16/32)  s.data.npy (float32)  s.counts.npy (uint32)
+    s.obs.parquet         the cells' obs (+ library_size, max_count), same order
+    summary.json          cells, non-zeros and dropped cells per split
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ssl_census.core import atomic
+from ssl_census.core.store import index_dtype
+from ssl_census.shards.csr import concat_rows, take_rows
+from ssl_census.shards.source import CensusSpec, iter_raw_blocks
+from ssl_census.shards.split import shuffle_order
+from ssl_census.shards.store import SPLITS, write_parquet
+from ssl_census.shards.values import library_sizes, normalise
+
+PART_ARRAYS = ("indptr", "indices", "data", "counts")
+PART_OBS_COLUMNS = ("soma_joinid", "dataset_id", "donor_id", "tech_sample", "assay",
+                    "tissue_general", "cell_type", "cell_type_ontology_term_id")
+# bytes a cell's non-zeros cost while a part is assembled (census read, CSR, float64
+# normalisation, sorted copies), and the non-zeros per cell assumed before any are seen
+BYTES_PER_NNZ = 64
+ASSUMED_NNZ_PER_CELL = 3000
+
+
+@dataclass(frozen=True)
+class PartTask:
+    """One unit of phase-1 work, sent to a worker process."""
+
+    census: CensusSpec
+    key: str
+    directory: Path  # the finished part's path
+    obs: pd.DataFrame  # the cells (PART_OBS_COLUMNS + split), joinid order
+    gene_joinids: np.ndarray  # sorted census var joinids of the gene space
+    block_cells: int
+    shuffle_seed: int
+
+
+def part_key(fingerprint: str, joinids: np.ndarray, splits: np.ndarray,
+             settings: dict[str, Any]) -> str:
+    """Name of a part: a hash of the dataset, its cells, their splits and the build settings."""
+    h = hashlib.sha256()
+    h.update(fingerprint.encode())
+    h.update(np.ascontiguousarray(joinids, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(splits, dtype=np.int8).tobytes())
+    h.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:32]
+
+
+def cells_per_part(memory_budget: int, workers: int) -> int:
+    """Cells a worker may assemble at once: its share of the budget over a cell's cost."""
+    share = memory_budget // (workers + 1)
+    return int(max(1000, share // (BYTES_PER_NNZ * ASSUMED_NNZ_PER_CELL)))
+
+
+_OPEN: dict[CensusSpec, Any] = {}
+
+
+def _census(spec: CensusSpec) -> Any:
+    # one open census per worker process, reused by every part the worker builds
+    if spec not in _OPEN:
+        _OPEN[spec] = spec.open()
+    return _OPEN[spec]
+
+
+def read_part_cells(task: PartTask) -> tuple[np.ndarray, tuple[np.ndarray, list[np.ndarray]]]:
+    """The task's cells as one CSR (rows in task.obs order; counts as uint32)."""
+    joinids = task.obs["soma_joinid"].to_numpy(np.int64)
+    pieces, seen = [], []
+    for obs_ids, m in iter_raw_blocks(_census(task.census), joinids, task.gene_joinids,
+                                      task.block_cells):
+        counts = m.data
+        rounded = np.rint(counts)
+        if np.any(rounded != counts) or np.any(rounded < 0):
+            raise ValueError(f"X['raw'] holds non-integer or negative counts (cells {obs_ids[:3]})")
+        pieces.append((m.indptr.astype(np.int64),
+                       [m.indices.astype(index_dtype(len(task.gene_joinids))),
+                        rounded.astype(np.uint32)]))
+        seen.append(obs_ids)
+    read_ids = np.concatenate(seen) if seen else np.zeros(0, dtype=np.int64)
+    indptr, arrays = concat_rows(pieces)
+    if len(read_ids) != len(joinids) or not np.array_equal(np.sort(read_ids), joinids):
+        raise RuntimeError(f"census returned {len(read_ids)} rows for {len(joinids)} cells")
+    if np.array_equal(read_ids, joinids):
+        return joinids, (indptr, arrays)
+    return joinids, take_rows(indptr, np.argsort(read_ids, kind="stable"), *arrays)
+
+
+def write_part(task: PartTask) -> dict[str, Any]:
+    """Build one part (in a worker); returns its summary."""
+    t0 = time.perf_counter()
+    joinids, (indptr, (indices, counts)) = read_part_cells(task)
+    lib = library_sizes(indptr, counts)
+    splits = task.obs["split"].to_numpy()
+    empty = lib == 0
+    partial = task.directory.with_name(task.directory.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    summary: dict[str, Any] = {"key": task.key, "n_cells_read": int(len(joinids)),
+                               "dropped_empty": int(empty.sum()), "splits": {}}
+    for s_index, s_name in enumerate(SPLITS):
+        rows = np.flatnonzero((splits == s_index) & ~empty)
+        if not len(rows):
+            continue
+        rows = rows[shuffle_order(joinids[rows], task.shuffle_seed)]
+        p_indptr, (p_indices, p_counts) = take_rows(indptr, rows, indices, counts)
+        p_data, p_lib = normalise(p_indptr, p_counts)
+        for name, arr in zip(PART_ARRAYS, (p_indptr, p_indices, p_data, p_counts), strict=True):
+            np.save(partial / f"{s_name}.{name}.npy", arr)
+        obs = task.obs.iloc[rows][list(PART_OBS_COLUMNS)].reset_index(drop=True)
+        obs["library_size"] = p_lib
+        obs["max_count"] = np.maximum.reduceat(p_counts, p_indptr[:-1]).astype(np.int64)
+        write_parquet(partial / f"{s_name}.obs.parquet", obs)
+        summary["splits"][s_name] = {"n_cells": int(len(rows)), "nnz": int(p_indptr[-1])}
+    summary["seconds"] = time.perf_counter() - t0
+    summary["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    atomic.write_json(partial / "summary.json", summary)
+    if task.directory.exists():  # a finished copy from a concurrent or earlier run
+        shutil.rmtree(partial)
+    else:
+        os.replace(partial, task.directory)
+    return summary
+
+
+def read_summary(directory: Path) -> dict[str, Any]:
+    return json.loads((directory / "summary.json").read_text())
+
+
+def open_part_arrays(directory: Path, split: str) -> dict[str, np.ndarray]:
+    """A finished part's arrays of ``split``, memory-mapped (nothing read until sliced)."""
+    return {name: np.load(directory / f"{split}.{name}.npy", mmap_mode="r") for name in PART_ARRAYS}
