@@ -259,13 +259,14 @@ def write_store_from_arrays(
 
     ``splits`` maps a split name to (raw-count CSR matrix cells x genes, obs). obs needs
     ``cell_type_ontology_term_id`` and ``cell_type`` (``"unknown"`` marks unlabelled cells);
-    other stored columns that are missing are filled (ids from the row position, strings
+    other stored columns that are missing are filled (soma_joinid numbered across splits, strings
     ``"unknown"``); ``library_size`` and ``cell_type_code`` are always computed here. Values
     are normalised with the build's own function and written through the build's own writer.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     prepared: dict[str, tuple[sp.csr_matrix, pd.DataFrame]] = {}
+    next_id = 0
     for name, (m, obs) in splits.items():
         m = sp.csr_matrix(m)
         m.sort_indices()
@@ -275,8 +276,9 @@ def write_store_from_arrays(
         for col in STRING_OBS_COLUMNS:
             if col not in obs:
                 obs[col] = "unknown"
-        if "soma_joinid" not in obs:
-            obs["soma_joinid"] = np.arange(len(obs), dtype=np.int64)
+        if "soma_joinid" not in obs:  # unique across splits, as census ids are
+            obs["soma_joinid"] = np.arange(next_id, next_id + len(obs), dtype=np.int64)
+        next_id += len(obs)
         prepared[name] = (m, obs)
     labelled = pd.concat([o for _, o in prepared.values()], ignore_index=True)
     labelled = labelled[labelled["cell_type"].astype(str) != "unknown"]

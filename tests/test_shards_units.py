@@ -1,0 +1,209 @@
+"""Shard-build pieces that need no census: split rule, shuffle, values, store I/O, verify."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+from ssl_census.core.errors import UserError
+from ssl_census.core.ontology import NATIVE_CELL, load_cell_ontology
+from ssl_census.shards import merge
+from ssl_census.shards.commands import parse_bytes
+from ssl_census.shards.config import SplitConfig, load_shards_config
+from ssl_census.shards.csr import concat_rows, take_rows
+from ssl_census.shards.genes import match_genes
+from ssl_census.shards.split import assign_splits, shuffle_order
+from ssl_census.shards.store import open_shards, write_store_from_arrays
+from ssl_census.shards.values import normalise
+from ssl_census.shards.verify import verify_shards
+
+
+def _real_counts(shared_data, n_cells=400):
+    import anndata as ad
+
+    a = ad.read_h5ad(shared_data / "h5ad" / "zheng_sorted_mudan.h5ad", backed="r")
+    m = sp.csr_matrix(a.X[:n_cells])
+    names = a.var_names.astype(str)
+    labels = a.obs["cell_type"].astype(str).to_numpy()[:n_cells]
+    return m, names, labels
+
+
+def test_split_of_a_tech_sample_ignores_the_others():
+    names = pd.Series([f"ds{i % 7}/donor{i}" for i in range(3000)])
+    cfg = SplitConfig()
+    full = assign_splits(names, cfg)
+    sub = assign_splits(names.iloc[::3].reset_index(drop=True), cfg)
+    np.testing.assert_array_equal(full[::3], sub)
+    frac = np.bincount(full, minlength=3) / len(full)
+    np.testing.assert_allclose(frac, [0.70, 0.15, 0.15], atol=0.03)
+    other = assign_splits(names, SplitConfig(salt="another"))
+    assert (other != full).mean() > 0.2  # the salt matters
+
+
+def test_shuffle_order_is_a_seeded_permutation_independent_of_subsets():
+    ids = np.arange(10_000, dtype=np.int64) * 3
+    order = shuffle_order(ids, seed=0)
+    assert sorted(order.tolist()) == list(range(len(ids)))
+    assert not np.array_equal(order, np.arange(len(ids)))
+    assert not np.array_equal(order, shuffle_order(ids, seed=1))
+    # any subset keeps the relative order it has in the whole
+    subset = np.sort(np.random.default_rng(0).choice(ids, 500, replace=False))
+    ranked = {v: i for i, v in enumerate(ids[order])}
+    sub_sorted = subset[shuffle_order(subset, seed=0)]
+    assert [ranked[v] for v in sub_sorted] == sorted(ranked[v] for v in subset)
+
+
+def test_normalise_matches_reference_on_real_counts(shared_data):
+    m, _, _ = _real_counts(shared_data)
+    m = m[np.diff(m.indptr) > 0]
+    data, lib = normalise(m.indptr, m.data)
+    np.testing.assert_array_equal(lib, np.asarray(m.sum(axis=1)).ravel().astype(np.int64))
+    ref = np.log1p(m.multiply(1e4 / lib[:, None]).tocsr().data).astype(np.float32)
+    np.testing.assert_allclose(data, ref, rtol=1e-6)
+    sums = np.add.reduceat(np.expm1(data.astype(np.float64)), m.indptr[:-1])
+    np.testing.assert_allclose(sums, 1e4, rtol=1e-4)
+
+
+def test_take_and_concat_rows_match_scipy():
+    m = sp.random(50, 30, density=0.2, format="csr", random_state=1)
+    rows = np.array([7, 3, 3, 49, 0])
+    ptr, (idx, val) = take_rows(m.indptr, rows, m.indices, m.data)
+    ref = m[rows]
+    np.testing.assert_array_equal(ptr, ref.indptr)
+    np.testing.assert_array_equal(idx, ref.indices)
+    ptr2, (idx2, _) = concat_rows([(ptr, [idx, val]), (m.indptr, [m.indices, m.data])])
+    np.testing.assert_array_equal(ptr2, sp.vstack([ref, m]).tocsr().indptr)
+    assert len(idx2) == ref.nnz + m.nnz
+
+
+def test_bucket_bounds_cover_all_rows_within_budget():
+    nnz = np.random.default_rng(0).integers(1, 100, 1000)
+    bounds = merge.bucket_bounds(nnz, 500)
+    assert bounds[0][0] == 0 and bounds[-1][1] == 1000
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    assert all(nnz[s:e].sum() <= 500 or e - s == 1 for s, e in bounds)
+
+
+def test_cell_ontology_offline():
+    cl = load_cell_ontology()
+    assert cl.is_descendant("CL:0000624", NATIVE_CELL)  # via native cell's replacement
+    assert cl.is_descendant("CL:0000624", "CL:0000084")  # CD4 ab T cell is a T cell
+    assert not cl.is_descendant("CL:0000236", "CL:0000084")  # B cell is not
+    assert cl.n_ancestors("CL:0000624") > 7
+    assert cl.depth("CL:0000624") > cl.depth("CL:0000084") > 0
+    assert "unknown" not in cl and cl.n_ancestors("unknown") == 0
+
+
+def test_presets_load_and_bad_config_is_a_user_error(tmp_path):
+    assert load_shards_config("sctab-2023-05-15").curation.min_cells == 5000
+    assert load_shards_config("local-pbmc").curation.keep_unlabelled
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[curation]\nmin_cels = 3\n")
+    with pytest.raises(UserError, match="min_cels"):
+        load_shards_config(bad)
+    bad.write_text("[split]\nfractions = [0.5, 0.6, 0.1]\n")
+    with pytest.raises(UserError, match="fractions"):
+        load_shards_config(bad)
+
+
+def test_gene_list_matching_too_few_is_a_user_error(shared_data, tmp_path):
+    var = pd.DataFrame({"soma_joinid": np.arange(3), "feature_id": ["E1", "E2", "E3"],
+                        "feature_name": ["TSPAN6", "TNMD", "NOTAGENE"]})
+    with pytest.raises(UserError, match="matches only 2"):
+        match_genes(var, shared_data / "genes" / "scTab_features.parquet", 1000)
+    space = match_genes(var, shared_data / "genes" / "scTab_features.parquet", 2)
+    assert space.var["feature_name"].tolist() == ["TSPAN6", "TNMD"]
+
+
+def test_parse_bytes():
+    assert parse_bytes("4GiB") == 4 << 30
+    assert parse_bytes("512M") == 512 << 20
+    with pytest.raises(UserError):
+        parse_bytes("lots")
+
+
+@pytest.fixture(scope="module")
+def small_store(shared_data, tmp_path_factory):
+    m, names, labels = _real_counts(shared_data)
+    keep = np.diff(m.indptr) > 0
+    m, labels = m[keep], labels[keep]
+    var = pd.DataFrame({"feature_id": names, "feature_name": names})
+    term = {"bcells": "CL:0000236", "nk": "CL:0000623", "monocytes": "CL:0001054"}
+    obs = pd.DataFrame({"cell_type": labels,
+                        "cell_type_ontology_term_id": [term.get(x, "unknown") for x in labels]})
+    obs.loc[obs["cell_type_ontology_term_id"] == "unknown", "cell_type"] = "unknown"
+    obs["donor_id"] = np.where(np.arange(len(obs)) < 300, "d1", "d2")
+    obs["dataset_id"] = "zheng"
+    obs["tech_sample"] = "zheng/" + obs["donor_id"]
+    out = tmp_path_factory.mktemp("small") / "store"
+    write_store_from_arrays(out, var, {"train": (m[:300], obs[:300]), "test": (m[300:], obs[300:])})
+    return out, m
+
+
+def test_write_store_from_arrays_roundtrip(small_store):
+    out, m = small_store
+    store = open_shards(out)
+    x, obs = store.split("train")
+    assert (x.n_cells, x.n_genes) == (300, m.shape[1])
+    ptr, idx, counts = x.rows(0, 300, values="counts")
+    np.testing.assert_array_equal(counts, m[:300].data)
+    np.testing.assert_array_equal(idx, m[:300].indices)
+    assert set(obs["cell_type_code"]) <= set(range(-1, len(store.labels)))
+    assert (obs["cell_type_code"] == -1).sum() == (obs["cell_type"] == "unknown").sum()
+    assert verify_shards(out).ok, verify_shards(out).problems
+    with pytest.raises(UserError, match="not in shard store"):
+        store.split("val")
+
+
+def test_verify_catches_a_flipped_byte(small_store, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(small_store[0], out)
+    f = next(p for p in (out / "train" / "X.zarr" / "counts").rglob("*")
+             if p.is_file() and p.name != "zarr.json")
+    raw = bytearray(f.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    f.write_bytes(bytes(raw))
+    report = verify_shards(out)
+    assert not report.ok
+    assert any("checksum of counts" in p for p in report.problems)
+
+
+def test_verify_catches_mislabelled_and_leaking_donors(small_store, tmp_path):
+    import shutil
+
+    from ssl_census.shards.store import read_parquet, tidy_obs, write_parquet
+
+    out = tmp_path / "copy"
+    shutil.copytree(small_store[0], out)
+    obs = read_parquet(out / "test" / "obs.parquet")
+    obs["tech_sample"] = "zheng/d1"  # now also in train
+    write_parquet(out / "test" / "obs.parquet", tidy_obs(obs))
+    manifest = json.loads((out / "manifest.json").read_text())
+    from ssl_census.core.store import tree_checksum
+
+    manifest["splits"]["test"]["checksums"]["obs.parquet"] = tree_checksum(
+        out / "test" / "obs.parquet")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_shards(out)
+    assert any("zheng/d1" in p and "both" in p for p in report.problems), report.problems
+
+
+def test_open_refuses_incomplete_and_foreign_dirs(small_store, tmp_path):
+    import shutil
+
+    with pytest.raises(UserError, match="not an ssl-census shard store"):
+        open_shards(tmp_path)
+    out = tmp_path / "copy"
+    shutil.copytree(small_store[0], out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["complete"] = False
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UserError, match="incomplete"):
+        open_shards(out)
+    assert not verify_shards(out).ok
