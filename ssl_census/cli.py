@@ -42,6 +42,9 @@ def _register() -> None:
     from ssl_census.shards.commands import shards
 
     main.add_command(shards)
+    from ssl_census.benchmarks.commands import bench
+
+    main.add_command(bench)
 
 
 _register()
