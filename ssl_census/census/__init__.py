@@ -1,0 +1,1 @@
+"""Census stage: local stores in the CELLxGENE census layout (real and synthetic), opening them."""

@@ -1,0 +1,43 @@
+"""``ssl-census census ...``: build and inspect census-layout stores."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from ssl_census.census.layout import SCHEMA_ALIASES
+
+_SCHEMA = click.Choice(sorted(SCHEMA_ALIASES))
+
+
+@click.group()
+def census() -> None:
+    """Census-layout SOMA stores: synthetic, built from local h5ad files, or a release."""
+
+
+@census.command()
+@click.option("--cells", "n_cells", type=click.IntRange(min=10), required=True,
+              help="Number of cells.")
+@click.option("--out", "out", required=True, help="Directory of the new store.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--schema", type=_SCHEMA, default="1.0.0", show_default=True,
+              help="Census schema: 1.0.0 (as 2023-05-15) or a later one.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Shared data folder with genes/ (default $SSL_CENSUS_DATA; without it a "
+                   "synthetic 60,664-gene annotation is used).")
+@click.option("--datasets", "n_datasets", type=click.IntRange(min=3), default=10,
+              show_default=True)
+@click.option("--min-nnz", type=click.IntRange(min=1), default=1_000, show_default=True)
+@click.option("--max-nnz", type=click.IntRange(min=1), default=3_000, show_default=True)
+def synth(n_cells: int, out: str, seed: int, schema: str, data_dir: str | None,
+          n_datasets: int, min_nnz: int, max_nnz: int) -> None:
+    """Write a seeded synthetic census (streamed; any number of cells)."""
+    from ssl_census.census.synth import write_synthetic_census
+    from ssl_census.core.errors import UserError
+
+    if min_nnz > max_nnz:
+        raise UserError("--min-nnz is larger than --max-nnz", "swap the two values")
+    summary = write_synthetic_census(out, n_cells, seed=seed, schema=schema, data_dir=data_dir,
+                                     n_datasets=n_datasets, nnz_range=(min_nnz, max_nnz))
+    click.echo(json.dumps(summary, indent=2))
