@@ -16,3 +16,18 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "h5ad").is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA} (set SSL_CENSUS_DATA)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synth_census_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A 3,000-cell synthetic census (seed 0, schema 1.0.0), built once per session.
+
+    Its var is the real Ensembl 104 annotation when ../shared/data is there, else the
+    synthetic 60,664-gene stand-in.
+    """
+    from ssl_census.census.synth import write_synthetic_census
+
+    uri = tmp_path_factory.mktemp("census") / "synth-3000"
+    data = SHARED_DATA if (SHARED_DATA / "genes").is_dir() else None
+    write_synthetic_census(uri, 3_000, seed=0, data_dir=data)
+    return str(uri)
