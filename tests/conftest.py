@@ -31,3 +31,17 @@ def synth_census_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     data = SHARED_DATA if (SHARED_DATA / "genes").is_dir() else None
     write_synthetic_census(uri, 3_000, seed=0, data_dir=data)
     return str(uri)
+
+
+@pytest.fixture(scope="session")
+def real_census_uri(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> str:
+    """The real local census (configs/census/pbmc-real.toml, schema 1.0.0), built once.
+
+    34,169 cells of ten h5ad files in 16 datasets; the ctrl cells of kang_ctrlstim are
+    is_primary_data == False.
+    """
+    from ssl_census.census.build_local import build_local_census
+
+    uri = tmp_path_factory.mktemp("census") / "pbmc-real"
+    build_local_census(ROOT / "configs" / "census" / "pbmc-real.toml", uri, shared_data)
+    return str(uri)

@@ -41,3 +41,24 @@ def synth(n_cells: int, out: str, seed: int, schema: str, data_dir: str | None,
     summary = write_synthetic_census(out, n_cells, seed=seed, schema=schema, data_dir=data_dir,
                                      n_datasets=n_datasets, nnz_range=(min_nnz, max_nnz))
     click.echo(json.dumps(summary, indent=2))
+
+
+@census.command("build-local")
+@click.option("--config", "config", required=True,
+              help="TOML file, or a preset name from configs/census (e.g. pbmc-real).")
+@click.option("--out", "out", required=True, help="Directory of the new store.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder the config's file paths are relative to (default $SSL_CENSUS_DATA).")
+@click.option("--schema", type=_SCHEMA, default=None,
+              help="Census schema (default: the config's, else 1.0.0 as 2023-05-15).")
+def build_local(config: str, out: str, data_dir: str | None, schema: str | None) -> None:
+    """Build a census-layout store from local h5ad files described by a TOML config."""
+    from ssl_census.census.build_local import build_local_census
+
+    report = build_local_census(config, out, data_dir, schema)
+    for f in report["files"]:
+        click.echo(f"{f['file']}: {f['cells']} cells, genes {f['genes_matched']} matched, "
+                   f"{f['genes_dropped']} dropped of {f['genes']}")
+    click.echo(f"wrote {report['uri']}: {report['n_cells']} cells "
+               f"({report['n_primary']} primary), {report['n_datasets']} datasets, "
+               f"schema {report['schema']}, {report['seconds']} s")

@@ -55,7 +55,8 @@ ASSAYS = {
     "Smart-seq2": "EFO:0008931",
     "CEL-seq2": "EFO:0010010",
     "Drop-seq": "EFO:0008722",
-    "ECCITE-seq": "EFO:0009919",
+    "ECCITE-seq": "EFO:0700014",
+    "single cell library construction": "EFO:0010183",
 }
 
 # Census obs columns in census order; all but soma_joinid and is_primary_data are
