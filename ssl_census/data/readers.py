@@ -290,6 +290,7 @@ class ZarrReader(RangeReader):
         import zarr
 
         self.name = pipeline
+        path = "zarr.core.codec_pipeline.BatchedCodecPipeline"
         if pipeline == "zarrs":
             try:
                 import zarrs  # noqa: F401
@@ -297,13 +298,11 @@ class ZarrReader(RangeReader):
                 raise UserError(
                     "reader 'zarrs' needs the zarrs package", "pip install zarrs"
                 ) from e
-            zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
-        else:
-            zarr.config.set(
-                {"codec_pipeline.path": "zarr.core.codec_pipeline.BatchedCodecPipeline"}
-            )
-        group = zarr.open_group(str(root), mode="r", zarr_format=3)
-        self.arrays = {a: group[a] for a in arrays}
+            path = "zarrs.ZarrsCodecPipeline"
+        # An array keeps the pipeline it was opened with; the global setting is left alone.
+        with zarr.config.set({"codec_pipeline.path": path}):
+            group = zarr.open_group(str(root), mode="r", zarr_format=3)
+            self.arrays = {a: group[a] for a in arrays}
 
     def read_into(self, array: str, lo: int, hi: int, out: np.ndarray) -> None:
         out[:] = self.arrays[array][lo:hi]

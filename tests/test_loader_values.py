@@ -1,0 +1,130 @@
+"""BlockShuffleLoader batches carry the stored values and obs rows; readers agree; bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from loader_support import build_kang_store, stored_matrix
+
+from ssl_census.core.errors import UserError
+from ssl_census.data import BlockShuffleLoader
+from ssl_census.data.readers import READERS
+
+SMALL = dict(batch_size=700, block_size=100, buffer_cells=1_000, workers=2)
+
+
+@pytest.fixture(scope="session")
+def kang_store(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_kang_store(shared_data, tmp_path_factory.getbasetemp() / "kang-shards")
+
+
+@pytest.mark.parametrize("dense", [True, False])
+def test_batches_equal_stored_values_both_layers(kang_store: Path, dense: bool) -> None:
+    loader = BlockShuffleLoader(kang_store, "train", layers=("x", "counts"), dense=dense,
+                                obs_columns=(), **SMALL)
+    ref = {lay: stored_matrix(kang_store, "train", lay) for lay in ("x", "counts")}
+    n_batches = 0
+    for batch in loader:
+        rows = batch.index.numpy()
+        for lay in ("x", "counts"):
+            t = batch.layers[lay]
+            assert t.dtype == torch.float32 and t.shape == (len(rows), loader.n_genes)
+            if dense:
+                assert t.layout == torch.strided
+                got = t.numpy()
+            else:
+                assert t.layout == torch.sparse_csr
+                got = t.to_dense().numpy()
+            np.testing.assert_array_equal(got, ref[lay][rows].toarray())
+        n_batches += 1
+    assert n_batches == len(loader)
+    # the counts layer really is the raw counts, not the log1p values
+    assert float(ref["counts"].max()) > 50 and float(ref["x"].max()) < 15
+
+
+def test_counts_only_layer(kang_store: Path) -> None:
+    loader = BlockShuffleLoader(kang_store, "val", layers=("counts",), shuffle=False,
+                                obs_columns=(), **SMALL)
+    batch = next(iter(loader))
+    ref = stored_matrix(kang_store, "val", "counts")[:700].toarray()
+    np.testing.assert_array_equal(batch.counts.numpy(), ref)
+    assert "x" not in batch.layers
+
+
+def test_obs_columns_align_with_rows(kang_store: Path) -> None:
+    cols = ("cell_type_code", "dataset_id", "donor_id", "library_size")
+    loader = BlockShuffleLoader(kang_store, "train", obs_columns=cols, dense=False, **SMALL)
+    obs = pd.read_parquet(kang_store / "train" / "obs.parquet")
+    counts = stored_matrix(kang_store, "train", "counts")
+    assert loader.categories["dataset_id"] == sorted(obs["dataset_id"].astype(str).unique())
+    for batch in loader:
+        rows = batch.index.numpy()
+        assert set(batch.obs) == set(cols)
+        np.testing.assert_array_equal(batch.obs["cell_type_code"].numpy(),
+                                      obs["cell_type_code"].to_numpy()[rows])
+        names = np.array(loader.categories["dataset_id"])[batch.obs["dataset_id"].numpy()]
+        np.testing.assert_array_equal(names, obs["dataset_id"].astype(str).to_numpy()[rows])
+        assert batch.obs["dataset_id"].dtype == torch.int64
+        # library_size was computed from the counts: it must match the row it came with
+        np.testing.assert_array_equal(batch.obs["library_size"].numpy(),
+                                      np.asarray(counts[rows].sum(axis=1)).ravel())
+
+
+@pytest.mark.parametrize("reader", [r for r in READERS if r != "direct"])
+def test_every_reader_gives_the_same_batches(kang_store: Path, reader: str) -> None:
+    kw = dict(SMALL, seed=5, dense=False, obs_columns=(), layers=("x", "counts"))
+    direct = list(BlockShuffleLoader(kang_store, "train", reader="direct", **kw))
+    other = list(BlockShuffleLoader(kang_store, "train", reader=reader, **kw))
+    assert len(direct) == len(other)
+    for a, b in zip(direct, other, strict=True):
+        assert torch.equal(a.index, b.index)
+        for lay in ("x", "counts"):
+            assert torch.equal(a.layers[lay].col_indices(), b.layers[lay].col_indices())
+            assert torch.equal(a.layers[lay].values(), b.layers[lay].values())
+
+
+def test_store_behind_fsspec_reads_the_same(kang_store: Path) -> None:
+    fs = fsspec.filesystem("memory")
+    fs.put(str(kang_store), "/kang", recursive=True)
+    try:
+        kw = dict(SMALL, seed=2, dense=False, obs_columns=("dataset_id",))
+        remote = BlockShuffleLoader("memory://kang", "val", **kw)
+        local = BlockShuffleLoader(kang_store, "val", **kw)
+        assert remote.categories == local.categories
+        for a, b in zip(remote, local, strict=True):
+            assert torch.equal(a.index, b.index)
+            assert torch.equal(a.x.values(), b.x.values())
+            assert torch.equal(a.obs["dataset_id"], b.obs["dataset_id"])
+    finally:
+        fs.rm("/kang", recursive=True)
+
+
+def test_bad_input_is_a_user_error(kang_store: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="split 'test'"):
+        BlockShuffleLoader(kang_store, "test")
+    with pytest.raises(UserError, match="unknown obs column"):
+        BlockShuffleLoader(kang_store, "val", obs_columns=("cell_type_code", "no_such_column"))
+    with pytest.raises(UserError, match="layers"):
+        BlockShuffleLoader(kang_store, "val", layers=("raw",))
+    with pytest.raises(UserError, match="reader"):
+        BlockShuffleLoader(kang_store, "val", reader="hdf5")
+    with pytest.raises(UserError, match="memory_budget_bytes"):
+        BlockShuffleLoader(kang_store, "val", memory_budget_bytes=1_000_000)
+    with pytest.raises(UserError, match="not found"):
+        BlockShuffleLoader(tmp_path / "nowhere", "train")
+    incomplete = tmp_path / "incomplete"
+    shutil.copytree(kang_store, incomplete)
+    manifest = json.loads((incomplete / "manifest.json").read_text())
+    (incomplete / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
+    with pytest.raises(UserError, match="incomplete"):
+        BlockShuffleLoader(incomplete, "train")
+    (incomplete / "manifest.json").unlink()
+    with pytest.raises(UserError, match="not an ssl-census shard store"):
+        BlockShuffleLoader(incomplete, "train")
