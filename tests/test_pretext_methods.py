@@ -1,0 +1,154 @@
+"""The six methods on real PBMC values: which genes are seen, which are scored, and that
+the loss counts the scored genes only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pretrain_support import BESCA, DOROTHEA, Batch, pbmc_store, split_matrix
+from ssl_census.pretext import build_method
+from ssl_census.pretext.barlow import barlow_loss
+from ssl_census.pretext.base import MaskedAutoencoder
+from ssl_census.pretext.byol import BYOL
+
+TINY = {"hidden": [64, 16], "dropout": 0.1}
+MASKING = ("random_mask", "gp_mask", "gp_to_gp", "gp_to_tf")
+
+
+@pytest.fixture(scope="module")
+def pbmc(shared_data, tmp_path_factory):
+    store = pbmc_store(shared_data, tmp_path_factory.mktemp("pbmc") / "shards")
+    return store, split_matrix(store, "train")[:256]
+
+
+def make(method, pbmc, shared_data, **options):
+    store, _ = pbmc
+    gene_sets = {"gp_mask": BESCA, "gp_to_gp": BESCA, "gp_to_tf": DOROTHEA}.get(method)
+    return build_method(method, store.var["feature_name"].tolist(), model=TINY,
+                        options=options, gene_sets=str(shared_data / gene_sets) if gene_sets
+                        else None)
+
+
+def programme_rows(m):
+    """Dense [programmes, genes] membership of a method's sampler."""
+    return m.sampler.members.to_dense().T.bool()
+
+
+def test_random_masking_hides_half_the_genes_and_scores_them(pbmc, shared_data):
+    m = make("random_mask", pbmc, shared_data)
+    visible, scored = m.masks(pbmc[1])
+    assert torch.equal(visible, ~scored)
+    assert abs(scored.float().mean().item() - 0.5) < 0.01
+    assert (scored.float().mean(1) - 0.5).abs().max() < 0.05  # per cell, not per batch
+
+
+def test_gp_masking_hides_whole_programmes_up_to_the_rate(pbmc, shared_data):
+    m = make("gp_mask", pbmc, shared_data, mask_rate=0.02)
+    visible, scored = m.masks(pbmc[1])
+    assert torch.equal(visible, ~scored)
+    progs = programme_rows(m)
+    # every hidden gene belongs to a programme that is hidden whole
+    whole = (progs[None] & ~scored[:, None]).sum(-1) == 0  # [cells, programmes] fully hidden
+    covered = (whole.float() @ progs.float()) > 0
+    assert torch.equal(covered, scored)
+    frac = scored.float().mean(1)
+    largest = progs.sum(1).max().item() / scored.shape[1]
+    assert frac.min() > 0 and frac.max() <= 0.02 + largest
+
+
+def test_gp_to_gp_keeps_and_scores_exactly_one_programme(pbmc, shared_data):
+    m = make("gp_to_gp", pbmc, shared_data)
+    visible, scored = m.masks(pbmc[1])
+    assert torch.equal(visible, scored)
+    progs = programme_rows(m)
+    matches = (visible[:, None, :] == progs[None]).all(-1)
+    assert matches.any(1).all()
+    assert len(set(matches.float().argmax(1).tolist())) > 10  # programmes vary between cells
+
+
+def test_gp_to_tf_keeps_targets_hides_factor_and_scores_only_factor(pbmc, shared_data):
+    m = make("gp_to_tf", pbmc, shared_data)
+    visible, scored = m.masks(pbmc[1])
+    assert (scored.sum(1) == 1).all()
+    assert not (visible & scored).any()
+    factor = scored.float().argmax(1)
+    progs = programme_rows(m)
+    k = (visible[:, None, :] == progs[None]).all(-1).float().argmax(1)
+    assert torch.equal(m.sampler.regulators[k], factor)
+
+
+@pytest.mark.parametrize("method", MASKING)
+def test_masked_input_is_zero_and_loss_ignores_unscored_predictions(method, pbmc, shared_data):
+    m = make(method, pbmc, shared_data)
+    x = pbmc[1]
+    seen, captured = {}, {}
+    fixed = torch.randn_like(x)
+    original_masks = m.masks
+
+    def masks(inp):
+        seen["visible"], seen["scored"] = original_masks(inp)
+        return seen["visible"], seen["scored"]
+
+    m.masks = masks
+    m.encoder.register_forward_hook(lambda mod, args, out: captured.update(input=args[0]))
+    torch.manual_seed(1)
+    base = m.loss(Batch(x))["loss"]
+    assert torch.equal(captured["input"], x * seen["visible"])  # hidden genes enter as 0
+
+    def shifted(where):
+        m.reconstruct = lambda inp, vis: fixed + 3.0 * where
+        torch.manual_seed(1)
+        return m.loss(Batch(x))["loss"]
+
+    reference = shifted(torch.zeros_like(x))
+    assert not torch.equal(reference, base)
+    scored = seen["scored"]
+    assert torch.allclose(shifted(~scored), reference)  # unscored predictions do not count
+    assert not torch.allclose(shifted(scored), reference)
+    expected = ((fixed - x).square() * scored).sum() / scored.sum()
+    assert torch.allclose(reference, expected)
+
+
+def test_every_masking_method_is_a_masked_autoencoder(pbmc, shared_data):
+    for method in MASKING:
+        assert isinstance(make(method, pbmc, shared_data), MaskedAutoencoder)
+
+
+def test_byol_target_moves_every_step_and_differs_from_online(pbmc, shared_data):
+    m = make("byol", pbmc, shared_data, projector_hidden=128, predictor_hidden=128)
+    assert isinstance(m, BYOL)
+    opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
+    x = pbmc[1]
+    for _ in range(3):
+        before = [t.clone() for _, t in m.online_target_pairs()]
+        m.loss(Batch(x))["loss"].backward()
+        opt.step()
+        opt.zero_grad()
+        m.after_step()
+        for (online, target), old in zip(m.online_target_pairs(), before, strict=True):
+            assert not torch.equal(target, old)
+            assert not torch.equal(target, online)
+            assert torch.allclose(target, 0.99 * old + 0.01 * online, atol=1e-6)
+    assert all(not t.requires_grad for _, t in m.online_target_pairs())
+
+
+def test_barlow_loss_matches_its_definition(pbmc, shared_data):
+    torch.manual_seed(0)
+    z1, z2 = torch.randn(64, 8), torch.randn(64, 8)
+    n1 = (z1 - z1.mean(0)) / z1.std(0, unbiased=False)
+    n2 = (z2 - z2.mean(0)) / z2.std(0, unbiased=False)
+    c = n1.T @ n2 / 64
+    expected = sum((1 - c[i, i]) ** 2 for i in range(8)) + 0.0051 * sum(
+        c[i, j] ** 2 for i in range(8) for j in range(8) if i != j)
+    assert torch.allclose(barlow_loss(z1, z2, 0.0051), expected, rtol=1e-4)
+    assert barlow_loss(z1, z1, 0.0051) < expected  # identical views correlate on the diagonal
+
+
+def test_contrastive_views_differ_and_stay_non_negative(pbmc, shared_data):
+    m = make("barlow", pbmc, shared_data)
+    x = pbmc[1]
+    v1, v2 = m.augment(x), m.augment(x)
+    assert (v1 >= 0).all() and not torch.equal(v1, v2) and not torch.equal(v1, x)
+    zeroed = ((v1 == 0) & (x > 0)).float().sum() / (x > 0).float().sum()
+    assert 0.05 < zeroed.item() < 0.15  # dropout masking at about 0.1
