@@ -62,3 +62,25 @@ def build_local(config: str, out: str, data_dir: str | None, schema: str | None)
     click.echo(f"wrote {report['uri']}: {report['n_cells']} cells "
                f"({report['n_primary']} primary), {report['n_datasets']} datasets, "
                f"schema {report['schema']}, {report['seconds']} s")
+
+
+@census.command()
+@click.option("--directory", "directory", default=None,
+              help="Release directory JSON: a path or URL (default: cellxgene_census's URL).")
+@click.option("--root", type=click.Path(file_okay=False), default=None,
+              help="Folder of local builds (<root>/<release>/, <root>/current).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def releases(directory: str | None, root: str | None, as_json: bool) -> None:
+    """List census releases: LTS and retracted flags, aliases, which are built locally."""
+    from ssl_census.census.releases import load_directory, parse_directory, release_table
+
+    rows = release_table(parse_directory(load_directory(directory)), root)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    click.echo(f"{'release':<12} {'lts':<4} {'aliases':<16} {'local':<8} soma uri")
+    for r in rows:
+        local = "current" if r["current"] else ("built" if r["built_locally"] else "-")
+        flags = "yes" if r["lts"] else "no"
+        name = r["release"] + (" (retracted)" if r["retracted"] else "")
+        click.echo(f"{name:<12} {flags:<4} {r['aliases'] or '-':<16} {local:<8} {r['soma_uri']}")
