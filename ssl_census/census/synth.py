@@ -20,6 +20,7 @@ Cells are generated and written ``block_cells`` at a time, so memory does not gr
 from __future__ import annotations
 
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -271,6 +272,11 @@ class SyntheticCensusModel:
         })
 
 
+def _write(writer: CensusWriter, block: tuple) -> int:
+    writer.write_block(*block)
+    return len(block[0])
+
+
 def write_synthetic_census(uri: str | os.PathLike[str], n_cells: int, seed: int = 0,
                            schema: str = SCHEMA_2023_05_15, *, annotation: str | None = None,
                            data_dir: str | os.PathLike[str] | None = None,
@@ -285,12 +291,18 @@ def write_synthetic_census(uri: str | os.PathLike[str], n_cells: int, seed: int 
     var = full_var[["feature_id", "feature_name", "feature_length"]]
     nnz = 0
     with CensusWriter(uri, var, model.datasets_frame(), model.presence, n_cells, schema,
-                      build_date) as writer, progress(n_cells, desc="synthetic census") as bar:
+                      build_date) as writer, progress(n_cells, desc="synthetic census") as bar, \
+            ThreadPoolExecutor(max_workers=1) as pool:
+        # TileDB writes one block while numpy samples the next (both release the GIL).
+        pending: Future | None = None
         for start in range(0, n_cells, block_cells):
             stop = min(start + block_cells, n_cells)
-            obs, indptr, cols, counts, ds = model.block(start, stop)
-            writer.write_block(obs, indptr, cols, counts, ds)
-            nnz += len(cols)
-            bar.update(stop - start)
+            block = model.block(start, stop)
+            if pending is not None:
+                bar.update(pending.result())
+            pending = pool.submit(_write, writer, block)
+            nnz += len(block[2])
+        if pending is not None:
+            bar.update(pending.result())
     return {"uri": str(Path(writer.final)), "n_cells": n_cells, "n_genes": len(var),
             "nnz": nnz, "n_datasets": n_datasets, "seed": seed, "schema": schema}
