@@ -32,3 +32,37 @@ def shards_command(cells, work, workers, memory_budget, seed, json_path) -> None
     click.echo(format_report(result))
     if json_path:
         Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+@bench.command("loader")
+@click.option("--shards", "shards_dir", required=True, type=click.Path(file_okay=False),
+              help="Shard store to read (its train split).")
+@click.option("--synthetic", default=None, type=click.IntRange(1000),
+              help="Write a synthetic store of this many cells at --shards first, if missing.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the figures here.")
+@click.option("--cells-limit", default=None, type=click.IntRange(1),
+              help="Time at most this many cells per loader (default: the whole split).")
+@click.option("--skip", multiple=True, help="Loaders to leave out (repeatable): ssl-census, "
+              "annbatch, scdataset, tiledbsoma-ml, raw, readers.")
+@click.option("--work", default=None, type=click.Path(file_okay=False),
+              help="For annbatch's venv and copy of the store [default: <shards>-loader-bench].")
+@click.option("--batch-size", default=8192, show_default=True, type=click.IntRange(1))
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
+@click.option("--census-uri", default=None, help="Census-layout store for tiledbsoma-ml.")
+def loader_command(shards_dir, synthetic, json_path, cells_limit, skip, work, batch_size,
+                   workers, census_uri) -> None:
+    """This loader vs annbatch+zarrs, scDataset and a raw ceiling (cells/s, RSS, shuffle)."""
+    from ssl_census.benchmarks.loader_bench import format_report, run_loader_bench
+    from ssl_census.benchmarks.loader_synthetic import write_synthetic_store
+    from ssl_census.core import atomic
+
+    shards = Path(shards_dir)
+    if synthetic:
+        write_synthetic_store(shards, synthetic)
+    work_dir = Path(work) if work else shards.with_name(shards.name + "-loader-bench")
+    report = run_loader_bench(shards, work_dir, cells_limit, skip, batch_size, workers,
+                              census_uri, log=click.echo)
+    click.echo(format_report(report))
+    if json_path:
+        atomic.write_json(json_path, report)
