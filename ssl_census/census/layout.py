@@ -217,12 +217,17 @@ class _Tallies:
         primary = obs["is_primary_data"].to_numpy(bool)
         self.n_cells += len(obs)
         self.n_primary += int(primary.sum())
-        self.donors.update(zip(obs["dataset_id"], obs["donor_id"], strict=True))
+        pairs = obs[["dataset_id", "donor_id"]].astype(str).drop_duplicates()
+        self.donors.update(zip(pairs["dataset_id"], pairs["donor_id"], strict=True))
         for cat in SUMMARY_CATEGORIES:
             term = f"{cat}_ontology_term_id" if f"{cat}_ontology_term_id" in obs else cat
-            keys = list(zip(obs[cat].astype(str), obs[term].astype(str), strict=True))
-            self.total.update((cat, *k) for k in keys)
-            self.primary.update((cat, *k) for k, p in zip(keys, primary, strict=True) if p)
+            frame = pd.DataFrame({"label": obs[cat].astype(str).to_numpy(),
+                                  "term": obs[term].astype(str).to_numpy(), "primary": primary})
+            sizes = frame.groupby(["label", "term"]).agg(n=("primary", "size"),
+                                                         p=("primary", "sum"))
+            for (label, term_id), n, p in zip(sizes.index, sizes["n"], sizes["p"], strict=True):
+                self.total[(cat, label, term_id)] += int(n)
+                self.primary[(cat, label, term_id)] += int(p)
         self.gene_nnz += np.bincount(cols, minlength=self.n_var)
 
     def summary_cell_counts(self) -> pd.DataFrame:
