@@ -45,6 +45,15 @@ def _register() -> None:
     from ssl_census.benchmarks.commands import bench
 
     main.add_command(bench)
+    from ssl_census.evaluation.commands import embed, evaluate
+    from ssl_census.tasks.commands import finetune
+
+    main.add_command(finetune)
+    main.add_command(evaluate)
+    main.add_command(embed)
+    from ssl_census.rebuild.commands import rebuild
+
+    main.add_command(rebuild)
 
 
 _register()

@@ -1,0 +1,73 @@
+"""``ssl-census evaluate`` and ``ssl-census embed``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ssl_census.core.errors import UserError
+
+
+@click.command()
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True,
+              help="a pre-training or fine-tuning run directory")
+@click.option("--shards", type=click.Path(path_type=Path), help="shard store (val/test cells)")
+@click.option("--h5ad", type=click.Path(path_type=Path), help="unseen data: an h5ad file")
+@click.option("--label-key", help="obs column with the cell types (with --h5ad)")
+@click.option("--batch-key", help="obs column of batches: integration scores (scib-metrics); "
+              "with --h5ad also the groups of leave-one-group-out kNN")
+@click.option("--layer", help="h5ad layer with raw counts (default X)")
+@click.option("--json", "json_path", type=click.Path(path_type=Path),
+              help="report path (default <run>/evaluation/<name>.json); .md and .png beside it")
+@click.option("--batch-size", type=int, default=8192, show_default=True)
+@click.option("--pca-max-cells", type=int, default=1_000_000, show_default=True,
+              help="training cells the out-of-core PCA baseline is fitted on")
+@click.option("--integration-max-cells", type=int, default=20_000, show_default=True)
+@click.option("--no-plots", is_flag=True)
+@click.option("--embedding-2d", type=click.Choice(["umap", "pca"]), default="umap",
+              show_default=True, help="layout of the embedding plot")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--workers", type=int)
+def evaluate(run_dir: Path, shards: Path | None, h5ad: Path | None, label_key: str | None,
+             batch_key: str | None, layer: str | None, json_path: Path | None, batch_size: int,
+             pca_max_cells: int, integration_max_cells: int, no_plots: bool,
+             embedding_2d: str, device: str,
+             workers: int | None) -> None:
+    """Score a run's embeddings (kNN k=5, F1 plain and hierarchy-aware) beside baselines."""
+    from ssl_census.evaluation import report as rep
+
+    if (shards is None) == (h5ad is None):
+        raise UserError("give exactly one of --shards and --h5ad", "see ssl-census evaluate -h")
+    opts = rep.EvalOptions(batch_size=batch_size, device=device, workers=workers,
+                           pca_max_cells=pca_max_cells, batch_key=batch_key,
+                           integration_max_cells=integration_max_cells, plots=not no_plots,
+                           layer=layer)
+    if h5ad is not None:
+        if not label_key:
+            raise UserError("--h5ad needs --label-key", "name the obs column with cell types")
+        report = rep.evaluate_h5ad(run_dir, h5ad, label_key, opts)
+    else:
+        report = rep.evaluate_shards(run_dir, shards, opts)
+    path = json_path or rep.default_report_path(run_dir, h5ad or shards)
+    written = rep.write_reports(report, path, opts.plots, embedding_2d)
+    click.echo(rep.markdown(report))
+    click.echo("wrote " + ", ".join(str(p) for p in written))
+
+
+@click.command()
+@click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True)
+@click.option("--h5ad", type=click.Path(path_type=Path), required=True, help="input h5ad")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="output h5ad")
+@click.option("--layer", help="layer with raw counts (default X)")
+@click.option("--batch-size", type=int, default=4096, show_default=True)
+@click.option("--device", default="cpu", show_default=True)
+def embed(run_dir: Path, h5ad: Path, out: Path, layer: str | None, batch_size: int,
+          device: str) -> None:
+    """Embed an h5ad's cells: obsm['X_ssl_census'], and predicted cell types in obs when the
+    run has a classifier head."""
+    from ssl_census.evaluation.annotate import embed_h5ad
+
+    info = embed_h5ad(run_dir, h5ad, out, layer=layer, batch_size=batch_size, device=device)
+    click.echo(f"{info['genes_matched']} of {info['n_model_genes']} model genes matched "
+               f"(by {info['gene_column']}); {info['n_cells']} cells embedded -> {out}")

@@ -1,0 +1,62 @@
+"""Embeddings of a shard-store split or of in-memory cells, batch by batch (bounded memory)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ssl_census.core.progress import progress
+from ssl_census.tasks.arrays import ArrayLoader
+
+
+def split_loader(shards: Path, split: str, batch_size: int, device: str | torch.device,
+                 workers: int | None = None):
+    """The split's cells in stored order (no shuffling), log1p values only."""
+    from ssl_census.data import BlockShuffleLoader
+
+    return BlockShuffleLoader(shards, split=split, batch_size=batch_size, layers=("x",),
+                              obs_columns=(), dense=True, device=str(device), shuffle=False,
+                              drop_last=False, workers=workers)
+
+
+def _fill(loader, n_cells: int, fn: Callable[[torch.Tensor], torch.Tensor],
+          desc: str) -> np.ndarray:
+    out: np.ndarray | None = None
+    bar = progress(n_cells, desc=desc)
+    for batch in loader:
+        values = fn(batch.x).float().cpu().numpy()
+        if out is None:
+            out = np.empty((n_cells, values.shape[1]), dtype=np.float32)
+        out[batch.index.cpu().numpy()] = values
+        bar.update(len(values))
+    bar.close()
+    assert out is not None
+    return out
+
+
+@torch.no_grad()
+def apply_to_split(fn: Callable[[torch.Tensor], torch.Tensor], shards: Path, split: str,
+                   batch_size: int = 8192, device: str | torch.device = "cpu",
+                   workers: int | None = None) -> np.ndarray:
+    """``fn`` (an encoder, a classifier) applied to every cell of a split; rows in split order."""
+    loader = split_loader(shards, split, batch_size, device, workers)
+    return _fill(loader, loader.n_cells, fn, f"{split}")
+
+
+@torch.no_grad()
+def apply_to_matrix(fn: Callable[[torch.Tensor], torch.Tensor], x: sp.csr_matrix,
+                    batch_size: int = 4096, device: str | torch.device = "cpu") -> np.ndarray:
+    """``fn`` applied to the rows of an in-memory CSR matrix (densified a batch at a time)."""
+    loader = ArrayLoader(x, None, batch_size, shuffle=False, device=device)
+    return _fill(loader, x.shape[0], fn, "cells")
+
+
+def split_batches(shards: Path, split: str, batch_size: int = 8192,
+                  workers: int | None = None) -> Iterator[np.ndarray]:
+    """Dense numpy batches of a split (for the out-of-core PCA)."""
+    for batch in split_loader(shards, split, batch_size, "cpu", workers):
+        yield batch.x.numpy()

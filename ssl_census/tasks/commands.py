@@ -1,0 +1,74 @@
+"""``ssl-census finetune``: options override the keys of a TOML preset (configs/finetune/)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from ssl_census.core.config import load_toml, merge
+from ssl_census.tasks.finetune import TASKS
+from ssl_census.training.commands import _hidden
+
+
+def finetune_config(task: str, config: str | None, **options: Any) -> dict[str, Any]:
+    base = load_toml(config or task, kind="finetune")
+    overrides = {
+        "task": task, "device": options["device"], "batch_key": options["batch_key"],
+        "target_obsm": options["target_obsm"],
+        "shallow": True if options["shallow"] else None,
+        "model": {"hidden": _hidden(options["hidden"]), "dropout": options["dropout"]},
+        "data": {"batch_size": options["batch_size"], "workers": options["workers"]},
+        "train": {k: options[k] for k in ("max_steps", "max_epochs", "lr", "weight_decay",
+                                          "val_every", "val_batches", "patience", "seed",
+                                          "log_every")},
+    }
+    return merge(base, overrides)
+
+
+@click.command()
+@click.option("--task", type=click.Choice(TASKS), required=True)
+@click.option("--init", required=True,
+              help="a pre-training run directory, or 'random' (the supervised baseline)")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="run directory")
+@click.option("--shards", type=click.Path(path_type=Path),
+              help="shard store to train on (celltype, reconstruction, integration)")
+@click.option("--h5ad", type=click.Path(path_type=Path),
+              help="h5ad with the other modality in obsm (cross_modality)")
+@click.option("--target-obsm", help="obsm key of the target modality (default protein_counts)")
+@click.option("--batch-key", help="obs column used as batch covariate (integration)")
+@click.option("--shallow", is_flag=True, help="fine-tune only the encoder's last layer")
+@click.option("--config", help="TOML file or preset name (default: the task's preset)")
+@click.option("--hidden", help="encoder sizes for --init random, e.g. 512,512,256,256,64")
+@click.option("--dropout", type=float, help="encoder dropout for --init random")
+@click.option("--max-steps", type=int)
+@click.option("--max-epochs", type=int)
+@click.option("--batch-size", type=int)
+@click.option("--lr", type=float)
+@click.option("--weight-decay", type=float)
+@click.option("--val-every", type=int)
+@click.option("--val-batches", type=int)
+@click.option("--patience", type=int)
+@click.option("--log-every", type=int)
+@click.option("--seed", type=int)
+@click.option("--workers", type=int, help="loader worker threads")
+@click.option("--device", help="auto, cpu, cuda or cuda:N")
+@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
+def finetune(task: str, init: str, out: Path, shards: Path | None, h5ad: Path | None,
+             config: str | None, resume: bool, **options: Any) -> None:
+    """Fine-tune an encoder (pre-trained or random) with a task head."""
+    from ssl_census.tasks.finetune import run_finetune
+
+    cfg = finetune_config(task, config, **options)
+    summary = run_finetune(task, cfg, out, init, shards=shards, h5ad=h5ad, resume=resume)
+    click.echo(f"{task}: {summary['step']} steps, best val loss {summary['best_val_loss']:.4f}"
+               f"{' (early stop)' if summary['stopped_early'] else ''} -> {out}")
+    if "test" in summary:
+        t = summary["test"]
+        click.echo(json.dumps({"test_pearson": t["model"]["pearson"],
+                               "mean_baseline_pearson": t["mean_baseline"]["pearson"],
+                               "test_pearson_per_cell": t["model"]["pearson_per_cell_mean"],
+                               "mean_baseline_pearson_per_cell":
+                                   t["mean_baseline"]["pearson_per_cell_mean"]}))
