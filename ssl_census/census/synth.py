@@ -59,7 +59,7 @@ MIXTURE = np.array([0.55, 0.12, 0.18, 0.08, 0.07])
 PROGRAMME_GENES = 300
 # Gene draws per wanted non-zero (some draws repeat a gene); extra ones are thinned away.
 _OVERDRAW = 1.6
-_SUB_BLOCK = 2_048  # cells per sampling step: keys cell*65536+gene stay within uint32
+_SUB_BLOCK = 1_024  # cells per sampling step: keys cell*65536+gene stay within uint32
 
 
 @dataclass(frozen=True)
@@ -281,7 +281,7 @@ def write_synthetic_census(uri: str | os.PathLike[str], n_cells: int, seed: int 
                            schema: str = SCHEMA_2023_05_15, *, annotation: str | None = None,
                            data_dir: str | os.PathLike[str] | None = None,
                            n_datasets: int = 10, nnz_range: tuple[int, int] = (1_000, 3_000),
-                           block_cells: int = 10_000, build_date: str = "2023-05-15") -> dict:
+                           block_cells: int = 8_192, build_date: str = "2023-05-15") -> dict:
     """Write a synthetic census of ``n_cells`` cells at ``uri``; returns a summary dict."""
     if n_cells < n_datasets:
         raise ValueError(f"n_cells must be at least n_datasets ({n_datasets})")
