@@ -86,10 +86,12 @@ class _FetchBuffer:
 
 
 class _BufferPool:
-    """Fetch buffers handed back when their last batch is gathered, and reused.
+    """Large arrays handed back when nothing uses them any more, and reused.
 
-    A fresh buffer page-faults on first write, which costs about as much as decompressing
-    into it; reusing two or three of them per array removes that cost from every fetch.
+    A fresh array page-faults on first write, which here costs about as much as filling it
+    (decompressing into a fetch buffer, gathering into a batch); reusing a few per type
+    removes that cost. Arrays come back through ``weakref.finalize`` on their last user, so
+    a batch the caller keeps is never overwritten: the pool just makes a new one.
     """
 
     def __init__(self, keep: int = 3) -> None:
@@ -211,7 +213,9 @@ class BlockShuffleLoader:
         self.block_size = min(block_size, self.n_cells)
         self.memory_budget_bytes = memory_budget_bytes
         self.buffer_cells = self._buffer_cells(buffer_cells)
-        self._pool = _BufferPool()
+        self._pool = _BufferPool()  # fetch buffers
+        self._out_pool = _BufferPool(keep=2 * (self.prefetch_batches + self.workers + 1))
+        self._compile_gather()
         self.epoch = 0
         self._start_batch = 0  # where the next iteration starts (set by load_state_dict)
         self._yielded = 0  # batches handed out in the current iteration
@@ -246,6 +250,14 @@ class BlockShuffleLoader:
                 f"raise it to at least {need} or lower batch_size, block_size or buffer_cells",
             )
         return max(self.block_size, cells // self.block_size * self.block_size)
+
+    def _compile_gather(self) -> None:
+        """Load the compiled gather for this store's types now, not inside the first batch."""
+        for name, dtype in self._dtypes.items():
+            out = np.empty(1, dtype=np.int32 if name == "indices" else np.float32)
+            gather_runs(
+                np.zeros(1, dtype=dtype), np.zeros(1, np.int64), np.ones(1, np.int64), out, 0
+            )
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
         return EpochPlan(
@@ -453,11 +465,14 @@ class BlockShuffleLoader:
         return host
 
     def _host_array(self, n: int, dtype: torch.dtype) -> torch.Tensor:
-        """A batch output array: pinned for CUDA; else numpy-allocated, which page-faults in
-        about half the time of torch.empty here."""
+        """A batch output array: pinned for CUDA (torch caches pinned blocks itself); on the
+        CPU a pooled array that returns to the pool when the batch's tensors are freed."""
         if self.device.type == "cuda":
             return torch.empty(n, dtype=dtype, pin_memory=True)
-        return torch.from_numpy(np.empty(n, dtype=torch.empty(0, dtype=dtype).numpy().dtype))
+        base = self._out_pool.take(n, np.dtype(np.int32 if dtype == torch.int32 else np.float32))
+        view = base[:n]
+        weakref.finalize(view, self._out_pool.give, [base])
+        return torch.from_numpy(view)
 
     def _csr(
         self, host: _HostBatch, layer: str, device: torch.device | None = None
@@ -494,4 +509,5 @@ class BlockShuffleLoader:
 
     def close(self) -> None:
         self._pool.clear()
+        self._out_pool.clear()
         self.reader.close()
