@@ -19,7 +19,7 @@ from typing import Any
 
 import click
 
-from ssl_census.census.genes import data_dir as resolve_data_dir
+from ssl_census.census.genes import resolve_data_dir
 
 
 def _peak_rss_mib() -> float:

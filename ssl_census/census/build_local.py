@@ -26,7 +26,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ssl_census.census.genes import GENE_ID_KINDS, GeneMapping, data_dir, map_genes, read_annotation
+from ssl_census.census.genes import (
+    GENE_ID_KINDS,
+    GeneMapping,
+    map_genes,
+    read_annotation,
+    resolve_data_dir,
+)
 from ssl_census.census.layout import (
     ASSAYS,
     CensusWriter,
@@ -313,7 +319,7 @@ def write_plan(plan: BuildPlan, out: str | os.PathLike[str]) -> None:
 
 
 def build_local_census(config_path: str | os.PathLike[str], out_uri: str | os.PathLike[str],
-                       data_dir_: str | os.PathLike[str] | None = None,
+                       data_dir: str | os.PathLike[str] | None = None,
                        schema: str | None = None) -> dict[str, Any]:
     """Build the store; returns a report (per file: cells, genes matched and dropped)."""
     t0 = time.perf_counter()
@@ -322,7 +328,7 @@ def build_local_census(config_path: str | os.PathLike[str], out_uri: str | os.Pa
         raise UserError(f"{final} already holds a store",
                         "choose a new --out path or delete the old store first")
     config = load_toml(config_path, kind="census")
-    folder = data_dir(data_dir_)
+    folder = resolve_data_dir(data_dir)
     if folder is None:
         raise UserError("no data directory given",
                         "pass --data-dir or set SSL_CENSUS_DATA to the folder holding h5ad/")

@@ -27,12 +27,16 @@ _GENOME_PREFIX = re.compile(r"^(?:hg19|hg38|GRCh38|GRCh37|mm10)[_-]+", re.IGNORE
 _ENSEMBL_VERSION = re.compile(r"^(ENS[A-Z]*G\d+)\.\d+$")
 
 
-def data_dir(given: str | os.PathLike[str] | None = None) -> Path | None:
+def resolve_data_dir(given: str | os.PathLike[str] | None = None) -> Path | None:
     """The shared data folder: the argument, else $SSL_CENSUS_DATA, else None."""
     if given is not None:
         return Path(given)
     env = os.environ.get("SSL_CENSUS_DATA")
     return Path(env) if env else None
+
+
+# The name other stages import.
+data_dir = resolve_data_dir
 
 
 def read_annotation(path: str | os.PathLike[str]) -> pd.DataFrame:
@@ -81,7 +85,7 @@ def load_annotation(annotation: str | os.PathLike[str] | None = None,
     """The real Ensembl 104 annotation when it can be found, else the synthetic stand-in."""
     if annotation is not None:
         return read_annotation(annotation)
-    folder = data_dir(data)
+    folder = resolve_data_dir(data)
     if folder is not None and (folder / ANNOTATION_FILE).exists():
         return read_annotation(folder / ANNOTATION_FILE)
     return synthetic_annotation(folder / SCTAB_FEATURES_FILE if folder is not None else None)
