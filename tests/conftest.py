@@ -45,3 +45,17 @@ def real_census_uri(tmp_path_factory: pytest.TempPathFactory, shared_data: Path)
     uri = tmp_path_factory.mktemp("census") / "pbmc-real"
     build_local_census(ROOT / "configs" / "census" / "pbmc-real.toml", uri, shared_data)
     return str(uri)
+
+
+@pytest.fixture(scope="session")
+def real_shards_dir(tmp_path_factory: pytest.TempPathFactory, real_census_uri: str,
+                    shared_data: Path) -> Path:
+    """Shards of the real local census (configs/shards/local-pbmc.toml, scTab gene list),
+    built once per session: unlabelled 10x cells kept with cell_type_code -1."""
+    from ssl_census.shards.build import build_shards
+    from ssl_census.shards.config import load_shards_config
+
+    out = tmp_path_factory.mktemp("shards") / "pbmc-real"
+    build_shards(out, load_shards_config("local-pbmc"), census_uri=real_census_uri,
+                 gene_list=str(shared_data / "genes" / "scTab_features.parquet"), workers=1)
+    return out

@@ -28,9 +28,9 @@ from ssl_census.core.errors import UserError
 from ssl_census.shards import source
 from ssl_census.shards.config import ShardsConfig
 from ssl_census.shards.genes import match_genes
+from ssl_census.shards.parts import READ_BLOCK_CELLS
 from ssl_census.shards.source import CensusSpec
 
-READ_BLOCK_CELLS = 20_000
 BENCH_CONFIG = "local-pbmc"  # synthetic PBMC types; keeps unlabelled cells like a local build
 
 

@@ -46,6 +46,7 @@ from ssl_census.shards import merge, parts, source
 from ssl_census.shards.config import ShardsConfig
 from ssl_census.shards.curation import curate_cell_types
 from ssl_census.shards.genes import GeneSpace, fetch_gene_list, match_genes
+from ssl_census.shards.selection import select_datasets
 from ssl_census.shards.source import CensusSpec
 from ssl_census.shards.split import SHUFFLE_RULE, SPLIT_RULE, assign_splits, tech_sample
 from ssl_census.shards.store import (
@@ -78,6 +79,8 @@ class BuildReport:
     phase_seconds: dict[str, float] = field(default_factory=dict)
     peak_rss_bytes: int = 0
     peak_rss_worker_bytes: int = 0
+    # per dataset_id: parts planned, parts found finished in the parts directory, cells read
+    datasets: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -121,6 +124,8 @@ def prepare_out_dir(out: Path, build_id: str, request: dict[str, Any]) -> bool:
     if manifest is not None and manifest.get("build_id") not in (None, build_id):
         raise UserError(f"{out} holds another shard store (built from other inputs)",
                         "choose a new --out, or delete the directory to rebuild")
+    if manifest is not None and manifest.get("complete") is True:
+        return True
     if recorded is not None and recorded.get("build_id") != build_id:
         raise UserError(f"{out} holds a half-built store of another build",
                         "choose a new --out, or delete the directory to start over")
@@ -130,7 +135,7 @@ def prepare_out_dir(out: Path, build_id: str, request: dict[str, Any]) -> bool:
     out.mkdir(parents=True, exist_ok=True)
     if recorded is None:
         atomic.write_json(out / BUILD_FILE, {"build_id": build_id, **request})
-    return manifest is not None and manifest.get("complete") is True
+    return False
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -174,7 +179,7 @@ def plan_parts(obs: pd.DataFrame, fingerprints: dict[str, str], space: GeneSpace
             key = parts.part_key(fp, joinids, chunk["split"].to_numpy(), settings)
             tasks.append(parts.PartTask(spec, key, parts_dir / key,
                                         chunk[[*parts.PART_OBS_COLUMNS, "split"]], gene_joinids,
-                                        min(cells, 20_000), cfg.shuffle_seed))
+                                        parts.READ_BLOCK_CELLS, cfg.shuffle_seed))
     return tasks
 
 
@@ -237,6 +242,8 @@ def build_shards(
         if prepare_out_dir(out, build_id, {"census": spec.identity(), "config": config.name}):
             return BuildReport(out, read_manifest(out) or {})
         obs = source.read_eligible_obs(census, config.query.value_filter())
+        obs = select_datasets(obs, source.read_datasets(census), config.query.include_datasets,
+                              config.query.exclude_datasets)
         phases["obs"] = time.perf_counter() - t0
     if obs.empty:
         raise UserError(f"the filter `{config.query.value_filter()}` selects no census cells",
@@ -251,9 +258,11 @@ def build_shards(
 
     part_root = Path(parts_dir) if parts_dir else out / PARTS_DIR
     part_root.mkdir(parents=True, exist_ok=True)
+    main_bytes = parts.PROCESS_BASELINE + int(obs.memory_usage(deep=True).sum())
     tasks = plan_parts(obs, fingerprints, space, config, spec, part_root,
-                       parts.cells_per_part(memory_budget, workers))
+                       parts.cells_per_part(memory_budget, workers, main_bytes))
     del obs
+    reuse = dataset_reuse(tasks)
     t1 = time.perf_counter()
     with _disk_errors(out):
         built, cells_read = run_parts(tasks, workers)
@@ -281,7 +290,22 @@ def build_shards(
         (out / s / _DONE).unlink(missing_ok=True)
     own, children = _peak_rss()
     return BuildReport(out, manifest, len(tasks), built, cells_read,
-                       time.perf_counter() - t0, phases, own, children)
+                       time.perf_counter() - t0, phases, own, children, reuse)
+
+
+def dataset_reuse(tasks: list[parts.PartTask]) -> dict[str, dict[str, int]]:
+    """Per dataset, before phase 1: parts planned, parts already finished (an earlier run or
+    build with the same dataset content made them) and cells still to read."""
+    out: dict[str, dict[str, int]] = {}
+    for t in tasks:
+        counts = out.setdefault(str(t.obs["dataset_id"].iloc[0]),
+                                {"parts": 0, "parts_reused": 0, "cells_read": 0})
+        counts["parts"] += 1
+        if t.directory.is_dir():
+            counts["parts_reused"] += 1
+        else:
+            counts["cells_read"] += len(t.obs)
+    return out
 
 
 _DONE = ".done"
@@ -312,7 +336,9 @@ def _manifest(build_id: str, spec: CensusSpec, summary: dict[str, str], config: 
                    "build_date": summary.get("census_build_date")},
         "query": {"value_filter": config.query.value_filter(),
                   "is_primary_data": config.query.is_primary_data,
-                  "assays": list(config.query.assays)},
+                  "assays": list(config.query.assays),
+                  "include_datasets": list(config.query.include_datasets),
+                  "exclude_datasets": list(config.query.exclude_datasets)},
         "thresholds": {**config.curation.__dict__, "cl_release": cl_release},
         "cell_types": {"candidates": int(len(table)), "kept": int(table["kept"].sum())},
         "gene_list": {"sha256": space.sha256, "n_genes": space.n_genes,

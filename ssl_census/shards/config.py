@@ -17,8 +17,17 @@ TENX_ASSAYS = (
 
 @dataclass(frozen=True)
 class QueryConfig:
+    """Which cells are eligible: the obs value filter, then an optional dataset selection.
+
+    ``include_datasets`` / ``exclude_datasets`` name census datasets by ``dataset_id``,
+    ``dataset_title`` or ``collection_name`` (census_info/datasets), so two stores of one
+    census can hold disjoint datasets (e.g. pre-training data without the fine-tuning data).
+    """
+
     is_primary_data: bool = True
     assays: tuple[str, ...] = TENX_ASSAYS
+    include_datasets: tuple[str, ...] = ()
+    exclude_datasets: tuple[str, ...] = ()
 
     def value_filter(self) -> str:
         """The obs value filter (tiledbsoma syntax) that selects eligible cells."""

@@ -18,13 +18,14 @@ import numpy as np
 import pandas as pd
 
 from ssl_census.shards.csr import concat_rows, take_rows
-from ssl_census.shards.parts import open_part_arrays
+from ssl_census.shards.parts import PROCESS_BASELINE, open_part_arrays
 from ssl_census.shards.split import shuffle_keys
 from ssl_census.shards.store import UNLABELLED_CODE, read_parquet, write_split
 
-# bytes a non-zero costs in a bucket: slices read from the parts, the gathered copy and the
-# writer's copy (indices 4 + data 4 + counts 4, about three times)
-BUCKET_BYTES_PER_NNZ = 40
+# bytes a non-zero costs in a bucket: slices read from the parts, the per-part and the final
+# row gathers (int64 gather positions and 10-byte copies each), the writer's shard buffers
+BUCKET_BYTES_PER_NNZ = 64
+WRITER_BYTES = 320 << 20  # CsrWriter's four whole-shard buffers
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,8 @@ def merge_split(parts: list[Path], split: str, out: Path, codes: Mapping[str, in
     """Write ``out/<split>`` from the parts; returns its cell count."""
     plan = plan_split(parts, split, codes, keep_unlabelled, shuffle_seed)
     obs_bytes = int(plan.obs.memory_usage(deep=False).sum()) if len(plan.obs) else 0
-    bucket_nnz = max(1 << 16, (memory_budget - 2 * obs_bytes) // BUCKET_BYTES_PER_NNZ)
+    free = memory_budget - PROCESS_BASELINE - WRITER_BYTES - 3 * obs_bytes
+    bucket_nnz = max(1 << 16, free // BUCKET_BYTES_PER_NNZ)
     write_split(out / split, iter_buckets(parts, split, plan, bucket_nnz), plan.obs,
                 int(plan.nnz.sum()), n_genes, plan.max_count)
     return len(plan.obs)

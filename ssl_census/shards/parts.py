@@ -40,10 +40,14 @@ from ssl_census.shards.values import library_sizes, normalise
 PART_ARRAYS = ("indptr", "indices", "data", "counts")
 PART_OBS_COLUMNS = ("soma_joinid", "dataset_id", "donor_id", "tech_sample", "assay",
                     "tissue_general", "cell_type", "cell_type_ontology_term_id")
-# bytes a cell's non-zeros cost while a part is assembled (census read, CSR, float64
-# normalisation, sorted copies), and the non-zeros per cell assumed before any are seen
-BYTES_PER_NNZ = 64
-ASSUMED_NNZ_PER_CELL = 3000
+# Memory model (measured here): a process with the census open and a read block in flight
+# uses about PROCESS_BASELINE bytes; assembling a part costs about BYTES_PER_NNZ a non-zero
+# (compact block copies, the row gather, float64 normalisation, the sorted outputs); cells
+# are assumed to have ASSUMED_NNZ_PER_CELL non-zeros in the gene space before any is read.
+PROCESS_BASELINE = 600 << 20
+BYTES_PER_NNZ = 56
+ASSUMED_NNZ_PER_CELL = 2500
+READ_BLOCK_CELLS = 2048  # cells per census read: larger blocks only cost memory here
 
 
 @dataclass(frozen=True)
@@ -70,10 +74,10 @@ def part_key(fingerprint: str, joinids: np.ndarray, splits: np.ndarray,
     return h.hexdigest()[:32]
 
 
-def cells_per_part(memory_budget: int, workers: int) -> int:
-    """Cells a worker may assemble at once: its share of the budget over a cell's cost."""
-    share = memory_budget // (workers + 1)
-    return int(max(1000, share // (BYTES_PER_NNZ * ASSUMED_NNZ_PER_CELL)))
+def cells_per_part(memory_budget: int, workers: int, main_bytes: int) -> int:
+    """Cells a worker may assemble at once: its share of what the main process leaves."""
+    share = (memory_budget - main_bytes) // max(workers, 1) - PROCESS_BASELINE
+    return int(max(READ_BLOCK_CELLS, share // (BYTES_PER_NNZ * ASSUMED_NNZ_PER_CELL)))
 
 
 _OPEN: dict[CensusSpec, Any] = {}

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse as sp
 import tiledbsoma as soma
 
 ORGANISM = "homo_sapiens"
@@ -75,25 +77,35 @@ def dataset_fingerprints(datasets: pd.DataFrame) -> dict[str, str]:
     return out
 
 
-def iter_raw_blocks(census: Any, joinids: np.ndarray, gene_joinids: np.ndarray, block_cells: int):
-    """(obs joinids, CSR counts restricted to the genes, columns in gene order) per block.
+def iter_raw_blocks(census: Any, joinids: np.ndarray, gene_joinids: np.ndarray,
+                    block_cells: int) -> Iterator[tuple[np.ndarray, sp.csr_matrix]]:
+    """(obs joinids, CSR counts over the gene space, columns in gene order) per block.
 
-    Uses the census's own blockwise reader (``axis_query(...).X("raw").blockwise``); the
-    reindexed columns are mapped back to positions in ``gene_joinids`` explicitly.
+    Reads ``X["raw"]`` at the block's obs coordinates (all genes) and maps the entries with
+    plain lookups: a gene-position table over var joinids (-1 outside the gene space) and a
+    search in the block's sorted joinids. This is about twice the speed of the census's
+    ``axis_query(...).blockwise(...)`` reader here and needs less memory, since nothing is
+    re-indexed through Arrow; rows come out in ``joinids`` order.
     """
-    exp = experiment(census)
-    query = exp.axis_query(
-        "RNA",
-        obs_query=soma.AxisQuery(coords=(np.asarray(joinids, dtype=np.int64),)),
-        var_query=soma.AxisQuery(coords=(np.asarray(gene_joinids, dtype=np.int64),)),
-    )
-    with query:
-        blocks = query.X("raw").blockwise(axis=0, size=block_cells).scipy()
-        for m, (obs_ids, var_ids) in blocks:
-            col_pos = np.searchsorted(gene_joinids, var_ids)
-            m = m.tocsr()
-            if not np.array_equal(col_pos, np.arange(len(col_pos))):
-                m.indices = col_pos[m.indices].astype(m.indices.dtype)
-                m.has_sorted_indices = False
-            m.sort_indices()
-            yield np.asarray(obs_ids, dtype=np.int64), m
+    joinids = np.asarray(joinids, dtype=np.int64)
+    gene_joinids = np.asarray(gene_joinids, dtype=np.int64)
+    X = experiment(census).ms["RNA"].X["raw"]
+    lookup = np.full(int(X.shape[1]), -1, dtype=np.int64)
+    lookup[gene_joinids] = np.arange(len(gene_joinids))
+    for lo in range(0, len(joinids), block_cells):
+        ids = joinids[lo : lo + block_cells]
+        rows, cols, vals = [], [], []
+        for table in X.read(coords=(ids,)).tables():
+            col = lookup[table.column("soma_dim_1").to_numpy()]
+            keep = col >= 0
+            rows.append(np.searchsorted(ids, table.column("soma_dim_0").to_numpy()[keep]))
+            cols.append(col[keep])
+            vals.append(table.column("soma_data").to_numpy()[keep])
+        m = sp.csr_matrix(
+            (np.concatenate(vals) if vals else np.zeros(0, np.float32),
+             (np.concatenate(rows) if rows else np.zeros(0, np.int64),
+              np.concatenate(cols) if cols else np.zeros(0, np.int64))),
+            shape=(len(ids), len(gene_joinids)),
+        )
+        m.sort_indices()
+        yield ids, m
