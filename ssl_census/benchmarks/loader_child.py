@@ -32,6 +32,13 @@ def peak_rss_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads (what the work cost, whatever
+    else the machine was running)."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def timed_batches(
     batches: Iterable[Any],
     limit: int,
@@ -41,6 +48,7 @@ def timed_batches(
     """Pull batches until ``limit`` cells; record time, sizes and labels."""
     sizes, codes = [], []
     cells = 0
+    cpu0 = cpu_seconds()
     start = time.perf_counter()
     for batch in batches:
         n = size(batch)
@@ -54,6 +62,7 @@ def timed_batches(
     return {
         "cells": cells,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds() - cpu0,
         "sizes": np.array(sizes),
         "labels": np.concatenate(codes) if codes else None,
     }

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -185,6 +184,14 @@ class DirectArray:
         self.meta = parse_array_meta(json.loads(source.read(f"{name}/zarr.json")), name)
         self._indexes: dict[int, np.ndarray | None] = {}
         self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def _scratch(self) -> np.ndarray:
+        """This thread's buffer for a partly needed chunk (kept: a fresh one page-faults)."""
+        buf = getattr(self._local, "scratch", None)
+        if buf is None:
+            buf = self._local.scratch = np.empty(self.meta.chunk, dtype=self.meta.dtype)
+        return buf
 
     def _shard_key(self, s: int) -> str:
         return f"{self.name}/{self.meta.key_prefix}{s}"
@@ -207,9 +214,7 @@ class DirectArray:
             self._indexes[s] = index
         return index
 
-    def _chunk_into(
-        self, c: int, out: np.ndarray, skip: int, scratch: Callable[[], np.ndarray]
-    ) -> None:
+    def _chunk_into(self, c: int, out: np.ndarray, skip: int) -> None:
         """Elements ``[skip, skip + len(out))`` of chunk ``c`` into ``out``."""
         m = self.meta
         index = self.shard_index(c // m.chunks_per_shard)
@@ -226,7 +231,7 @@ class DirectArray:
         elif whole:
             blosc.decompress(raw, out)
         else:
-            buf = scratch()
+            buf = self._scratch()
             blosc.decompress(raw, buf)
             out[:] = buf[skip : skip + len(out)]
 
@@ -234,19 +239,12 @@ class DirectArray:
         m = self.meta
         if not (0 <= lo <= hi <= m.size) or len(out) != hi - lo:
             raise ValueError(f"bad range [{lo}, {hi}) of {self.name} (size {m.size})")
-        scratch_buf: list[np.ndarray] = []
-
-        def scratch() -> np.ndarray:
-            if not scratch_buf:
-                scratch_buf.append(np.empty(m.chunk, dtype=m.dtype))
-            return scratch_buf[0]
-
         pos = lo
         while pos < hi:
             c = pos // m.chunk
             skip = pos - c * m.chunk
             take = min(hi, (c + 1) * m.chunk) - pos
-            self._chunk_into(c, out[pos - lo : pos - lo + take], skip, scratch)
+            self._chunk_into(c, out[pos - lo : pos - lo + take], skip)
             pos += take
 
 
