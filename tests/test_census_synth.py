@@ -133,3 +133,17 @@ def test_cli_synth_later_schema(tmp_path: Path) -> None:
     np.testing.assert_allclose(adata.obs["raw_sum"], np.asarray(x.sum(axis=1)).ravel())
     np.testing.assert_array_equal(adata.obs["nnz"], np.diff(x.indptr))
     assert adata.n_vars == N_GENES_ENSEMBL_104
+
+
+def test_cell_types_are_real_deep_cell_ontology_terms() -> None:
+    """Labels match the ontology; each type survives a scTab-style filter (native cell, > 7
+    ancestors)."""
+    from cellxgene_ontology_guide.ontology_parser import OntologyParser
+
+    from ssl_census.core import ontology
+
+    parser = OntologyParser()
+    for term, label, _ in CELL_TYPES:
+        assert parser.get_term_label(term) == label
+        assert ontology.is_descendant(term, ontology.NATIVE_CELL)
+        assert len(ontology.ancestors(term)) > 7, term

@@ -37,7 +37,8 @@ from ssl_census.census.layout import (
 )
 from ssl_census.core.progress import progress
 
-# PBMC cell types of the shared data's README (real Cell Ontology terms), with a lineage each.
+# PBMC cell types (real Cell Ontology terms below native cell, each with more than 7
+# ancestors so that a scTab-style filter keeps them), with a lineage each.
 CELL_TYPES: tuple[tuple[str, str, str], ...] = (
     ("CL:0000624", "CD4-positive, alpha-beta T cell", "T"),
     ("CL:0000625", "CD8-positive, alpha-beta T cell", "T"),
@@ -48,11 +49,13 @@ CELL_TYPES: tuple[tuple[str, str, str], ...] = (
     ("CL:0000895", "naive thymus-derived CD4-positive, alpha-beta T cell", "T"),
     ("CL:0000900", "naive thymus-derived CD8-positive, alpha-beta T cell", "T"),
     ("CL:0000236", "B cell", "B"),
+    ("CL:0000788", "naive B cell", "B"),
+    ("CL:0000787", "memory B cell", "B"),
     ("CL:0000623", "natural killer cell", "NK"),
     ("CL:0001054", "CD14-positive monocyte", "myeloid"),
     ("CL:0002396", "CD14-low, CD16-positive monocyte", "myeloid"),
     ("CL:0000451", "dendritic cell", "myeloid"),
-    ("CL:0000556", "megakaryocyte", "megakaryocyte"),
+    ("CL:0000784", "plasmacytoid dendritic cell", "myeloid"),
 )
 # Share of a cell's gene draws from each source: base, lineage, type, dataset, donor.
 MIXTURE = np.array([0.55, 0.12, 0.18, 0.08, 0.07])
