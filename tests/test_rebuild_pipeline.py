@@ -77,7 +77,8 @@ def cli_args(root: Path, releases: Path, build_args: dict) -> list[str]:
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory, releases, build_args):
-    """Root after the first rebuild (release A), and a copy of it taken right then."""
+    """Root after the first rebuild (release A), and a copy of it taken right then (tests
+    that need that state copy the copy)."""
     root = tmp_path_factory.mktemp("rebuild") / "root"
     result = run_rebuild(root, directory=releases / "release.json", **build_args)
     snapshot = tmp_path_factory.mktemp("rebuild") / "snapshot"
@@ -165,8 +166,9 @@ def test_changelog_lists_added_changed_cells_genes_and_no_donor_moves(second, fi
 
 
 def test_killed_rebuild_leaves_current_and_the_next_run_completes_it(
-        first, second, releases, build_args):
-    root = first[2]  # the root as it was after release A, before B was built
+        first, second, releases, build_args, tmp_path):
+    root = tmp_path / "root"  # the root as it was after release A, before B was built
+    shutil.copytree(first[2], root, symlinks=True)
     cache = root / PARTS_CACHE
     parts_before = {p.name for p in cache.iterdir()}
     env = {**os.environ, "SSL_CENSUS_NO_PROGRESS": "1"}
@@ -214,3 +216,21 @@ def test_lock_refuses_a_concurrent_rebuild(second, releases, build_args):
             run_rebuild(root, directory=releases / "release.json", **build_args)
     out = CliRunner().invoke(main, cli_args(root, releases, build_args))
     assert out.exit_code == 0 and "up to date" in out.output
+
+
+def test_a_build_that_moves_donors_between_splits_is_not_published(
+        first, second, releases, build_args, tmp_path):
+    """A changed split salt reassigns donors (4 of the 6 here, with every split still
+    populated): the build fails verification and current stays."""
+    root = tmp_path / "root"
+    shutil.copytree(first[2], root, symlinks=True)
+    preset = Path(build_args["config"]).read_text()
+    assert 'salt = "ssl-census/split/v1"' in preset
+    config = tmp_path / "other-salt.toml"
+    config.write_text(preset.replace('salt = "ssl-census/split/v1"',
+                                     'salt = "ssl-census/split/v2"'))
+    with pytest.raises(UserError, match="donors changed split"):
+        run_rebuild(root, directory=releases / "release.json",
+                    **{**build_args, "config": str(config)})
+    assert os.readlink(root / "current") == TAG_A
+    assert not (root / TAG_B).exists()
