@@ -101,7 +101,7 @@ def ddp_worker(rank: int, world: int, init_file: str, shared_data: str, store_di
     from ssl_census.pretext import build_method
     from ssl_census.shards.store import open_shards
     from ssl_census.training.distributed import DistEnv
-    from ssl_census.training.trainer import Trainer, TrainConfig, seed_everything
+    from ssl_census.training.trainer import TrainConfig, Trainer, seed_everything
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from pretrain_support import BESCA, DOROTHEA, Batch, pbmc_store, split_matrix
+
 from ssl_census.pretext import build_method
 from ssl_census.pretext.barlow import barlow_loss
 from ssl_census.pretext.base import MaskedAutoencoder

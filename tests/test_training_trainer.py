@@ -8,7 +8,6 @@ import json
 import pytest
 import torch
 import torch.multiprocessing as mp
-
 from pretrain_support import (
     SMALL_HEADS,
     TINY,
@@ -18,9 +17,10 @@ from pretrain_support import (
     pbmc_store,
     split_matrix,
 )
+
 from ssl_census.pretext import METHODS, build_method
 from ssl_census.training.rundir import RunDir, load_encoder
-from ssl_census.training.trainer import Trainer, TrainConfig, seed_everything
+from ssl_census.training.trainer import TrainConfig, Trainer, seed_everything
 
 
 @pytest.fixture(scope="module")
@@ -36,13 +36,13 @@ def make_trainer(pbmc, shared_data, run_path, method="random_mask", on_step=None
     objective = build_method(method, store.var["feature_name"].tolist(), model=TINY,
                              options=options, gene_sets=gene_sets_for(method, shared_data))
     config = TrainConfig(**{"max_steps": 30, "max_epochs": None, "val_every": 10,
-                            "log_every": 1, "warmup_steps": 5, **cfg})
+                            "val_batches": 3, "log_every": 1, "warmup_steps": 5, **cfg})
     run = None
     if run_path is not None:
         card = {"method": method, "encoder": {"n_genes": store.n_genes, **TINY}}
         resume = (run_path / "checkpoints" / "last.pt").exists()
         run = RunDir.create(run_path, {"method": method, "train": cfg}, card, resume=resume)
-    return Trainer(objective, TensorLoader(train, 128), TensorLoader(val, 256, shuffle=False),
+    return Trainer(objective, TensorLoader(train, 64), TensorLoader(val, 128, shuffle=False),
                    config, run, "cpu", on_step=on_step)
 
 
@@ -88,15 +88,15 @@ def test_resume_after_a_crash_reproduces_the_loss_sequence(pbmc, shared_data, tm
 
 
 def test_resume_continues_across_an_epoch_boundary(pbmc, shared_data, tmp_path):
-    # 2,373 training cells / 128 = 18 batches an epoch: steps 12..25 cross into epoch 1
-    straight = make_trainer(pbmc, shared_data, tmp_path / "a", max_steps=25, val_every=12)
+    # 2,373 training cells / 64 = 37 batches an epoch: resuming at step 20 crosses into epoch 1
+    straight = make_trainer(pbmc, shared_data, tmp_path / "a", max_steps=40, val_every=20)
     straight.fit()
-    first = make_trainer(pbmc, shared_data, tmp_path / "b", max_steps=25, val_every=12,
+    first = make_trainer(pbmc, shared_data, tmp_path / "b", max_steps=40, val_every=20,
                          on_step=lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt)
-                         if s == 20 else None)
+                         if s == 25 else None)
     with pytest.raises(KeyboardInterrupt):
         first.fit()
-    second = make_trainer(pbmc, shared_data, tmp_path / "b", max_steps=25, val_every=12)
+    second = make_trainer(pbmc, shared_data, tmp_path / "b", max_steps=40, val_every=20)
     second.fit(resume=True)
     assert second.epoch == 1
     losses = [[r["loss"] for r in t.run.metrics() if r["split"] == "train"]
@@ -122,7 +122,7 @@ def test_run_directory_checkpoints_and_encoder_loading(pbmc, shared_data, tmp_pa
     assert card["step"] == 20 and card["best_val_loss"] == pytest.approx(summary["best_val_loss"])
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=False)
     assert {"model", "encoder", "optimizer", "scheduler", "loader", "rng", "step"} <= set(state)
-    assert state["loader"] == {"epoch": 1, "position": 2}  # 18 batches an epoch, 20 steps
+    assert state["loader"] == {"epoch": 0, "position": 20}
     best = torch.load(run / "checkpoints" / "best.pt", weights_only=False)
     val = [r for r in RunDir(run).metrics() if r["split"] == "val"]
     assert best["step"] == min(val[1:], key=lambda r: r["loss"])["step"]

@@ -22,11 +22,17 @@ def _hidden(value: str | None) -> list[int] | None:
                         "write it like 512,512,256,256,64") from None
 
 
+def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
+
+
 def pretrain_config(config: str | None, method: str | None, **options: Any) -> dict[str, Any]:
-    """The preset (``--config`` or the method's own), with the given options laid over it."""
-    if config is None and method is None:
-        raise UserError("no method given", "pass --method or --config")
-    base = load_toml(config or method, kind="pretrain")
+    """The method's preset, then ``--config`` (a file or preset name), then the options."""
+    user = load_toml(config, kind="pretrain") if config else {}
+    method = method or user.get("method")
+    if method not in METHODS:
+        raise UserError(f"unknown or missing method {method!r}",
+                        f"pass --method (one of {', '.join(METHODS)}) or set it in --config")
     overrides = {
         "method": method,
         "gene_sets": options["gene_sets"],
@@ -37,11 +43,7 @@ def pretrain_config(config: str | None, method: str | None, **options: Any) -> d
                                           "val_every", "val_batches", "patience", "seed",
                                           "log_every")},
     }
-    merged = merge(base, overrides)
-    if merged.get("method") not in METHODS:
-        raise UserError(f"unknown method {merged.get('method')!r}",
-                        f"choose one of {', '.join(METHODS)}")
-    return merged
+    return merge(merge(load_toml(method, kind="pretrain"), user), _drop_none(overrides))
 
 
 @click.command()
@@ -76,6 +78,8 @@ def pretrain(shards: Path, out: Path, config: str | None, method: str | None, re
 
     cfg = pretrain_config(config, method, **options)
     summary = run_pretraining(cfg, shards, out, resume=resume)
+    if summary["rank"] != 0:
+        return
     early = " (early stop)" if summary["stopped_early"] else ""
     click.echo(f"{cfg['method']}: {summary['step']} steps, best val loss "
                f"{summary['best_val_loss']:.4f}{early} -> {out}")

@@ -39,7 +39,8 @@ def _loaders(shards: Path, data: dict[str, Any], seed: int, env: Any, device: An
     common = dict(layers=("x",), obs_columns=(), dense=True, device=str(device),
                   rank=env.rank if env.enabled else None,
                   world_size=env.world_size if env.enabled else None)
-    extra = {k: data[k] for k in ("workers", "reader", "memory_budget_bytes") if k in data}
+    extra = {k: data[k] for k in ("workers", "reader", "memory_budget_bytes", "block_size")
+             if k in data}
     train = BlockShuffleLoader(shards, split="train", batch_size=data["batch_size"],
                                shuffle=True, seed=seed, drop_last=True, **common, **extra)
     val = BlockShuffleLoader(shards, split="val", batch_size=data.get("val_batch_size",
@@ -71,6 +72,7 @@ def run_pretraining(config: dict[str, Any], shards: Path, out: Path,
         trainer = Trainer(objective, train, val, train_cfg, run, device, env)
         summary = trainer.fit(resume=resume)
         summary["ranks_in_sync"] = _ranks_in_sync(trainer, env)
+        summary["rank"] = env.rank
         if env.is_main:
             run.update_card(ranks_in_sync=summary["ranks_in_sync"], world_size=env.world_size)
         return summary
@@ -79,14 +81,18 @@ def run_pretraining(config: dict[str, Any], shards: Path, out: Path,
 
 
 def _ranks_in_sync(trainer: Trainer, env: Any) -> bool:
-    """Whether every rank ends with bit-identical weights (DDP's promise, checked)."""
+    """Whether every rank ends with bit-identical parameters (DDP's promise, checked).
+
+    Buffers are left out: BatchNorm running statistics follow each rank's own last batch
+    (DDP re-broadcasts rank 0's before every forward), and checkpoints hold rank 0's.
+    """
     import torch
     import torch.distributed as dist
 
     if not env.enabled:
         return True
     digest = hashlib.sha256()
-    for t in trainer.objective.state_dict().values():
+    for t in trainer.objective.parameters():
         digest.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     digests: list[str | None] = [None] * env.world_size
     dist.all_gather_object(digests, digest.hexdigest())
