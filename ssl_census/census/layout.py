@@ -241,6 +241,20 @@ class _Tallies:
         return frame
 
 
+def row_statistics(values: np.ndarray, row_nnz: np.ndarray) -> dict[str, np.ndarray]:
+    """The later schema's per-cell columns from a block's CSR values and row lengths."""
+    row = np.repeat(np.arange(len(row_nnz)), row_nnz)
+    v = values.astype(np.float64)
+    raw_sum = np.bincount(row, weights=v, minlength=len(row_nnz))
+    squares = np.bincount(row, weights=v * v, minlength=len(row_nnz))
+    n = np.maximum(row_nnz, 1)
+    mean = raw_sum / n
+    # Sample variance of the non-zero values (0 for cells with fewer than two).
+    variance = np.maximum(squares - n * mean**2, 0.0) / np.maximum(n - 1, 1)
+    return {"raw_sum": raw_sum, "nnz": row_nnz.astype(np.int64), "raw_mean_nnz": mean,
+            "raw_variance_nnz": variance}
+
+
 SUMMARY_CELL_COUNTS_SCHEMA = pa.schema(
     [pa.field("soma_joinid", pa.int64(), nullable=False)]
     + [pa.field(n, pa.large_string())
@@ -319,7 +333,6 @@ class CensusWriter:
             ds_rows, genes = np.nonzero(self.presence)
             with soma.SparseNDArray.open(presence_uri, "w") as arr:
                 arr.write(_coo(ds_rows, genes, np.ones(len(genes), bool), pa.bool_()))
-            self._info = info
             self._rna_uri = rna.uri
             frame = self.datasets.copy()
             frame.insert(0, "soma_joinid", np.arange(len(frame), dtype=np.int64))
@@ -345,20 +358,11 @@ class CensusWriter:
         rows = np.repeat(joinids, row_nnz)
         values = counts.astype(np.float32, copy=False)
         if self.schema != SCHEMA_2023_05_15:
-            raw_sum = np.add.reduceat(values.astype(np.float64), indptr[:-1]) if len(values) else \
-                np.zeros(n)
-            raw_sum[row_nnz == 0] = 0.0
-            safe_nnz = np.maximum(row_nnz, 1)
-            mean = raw_sum / safe_nnz
-            sq = np.add.reduceat(values.astype(np.float64) ** 2, indptr[:-1]) if len(values) else \
-                np.zeros(n)
-            sq[row_nnz == 0] = 0.0
-            obs["raw_sum"] = raw_sum
-            obs["nnz"] = row_nnz.astype(np.int64)
-            obs["raw_mean_nnz"] = mean
-            obs["raw_variance_nnz"] = np.maximum(sq / safe_nnz - mean**2, 0.0) * (
-                safe_nnz / np.maximum(safe_nnz - 1, 1))
+            stats = row_statistics(values, row_nnz)
+            for name, column in stats.items():
+                obs[name] = column
             obs["n_measured_vars"] = self._measured[dataset_index].astype(np.int64)
+            raw_sum = stats["raw_sum"]
             norm = values / np.repeat(np.maximum(raw_sum, 1.0), row_nnz).astype(np.float32)
             with soma.SparseNDArray.open(self.x_uri["normalized"], "w") as arr:
                 arr.write(_coo(rows, cols, norm, pa.float32()), platform_config=_SORTED_WRITE)
