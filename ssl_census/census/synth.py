@@ -35,6 +35,7 @@ from ssl_census.census.layout import (
     CensusWriter,
     normalise_schema,
 )
+from ssl_census.core.errors import UserError
 from ssl_census.core.progress import progress
 
 # PBMC cell types (real Cell Ontology terms below native cell, each with more than 7
@@ -287,7 +288,8 @@ def write_synthetic_census(uri: str | os.PathLike[str], n_cells: int, seed: int 
                            block_cells: int = 8_192, build_date: str = "2023-05-15") -> dict:
     """Write a synthetic census of ``n_cells`` cells at ``uri``; returns a summary dict."""
     if n_cells < n_datasets:
-        raise ValueError(f"n_cells must be at least n_datasets ({n_datasets})")
+        raise UserError(f"{n_cells} cells cannot fill {n_datasets} datasets",
+                        "ask for more cells or fewer datasets")
     schema = normalise_schema(schema)
     full_var = load_annotation(annotation, data_dir)
     model = SyntheticCensusModel(full_var, n_cells, seed, n_datasets, nnz_range)
