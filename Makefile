@@ -36,3 +36,19 @@ endif
 bench: install
 	ssl-census bench shards --work $(WORK)/bench
 	ssl-census bench loader --shards $(WORK)/bench/shards --json $(WORK)/bench/loader.json
+
+# Scheduled rebuilds (docs/rebuilds.md; pipelines/ runs this weekly):
+#   make rebuild REBUILD_ROOT=/data/ssl-census RELEASE=lts|latest|VERSION [RELEASE_DIRECTORY=...]
+REBUILD_ROOT ?=
+RELEASE ?= latest
+RELEASE_DIRECTORY ?=
+REBUILD_CONFIG ?= $(SHARDS_CONFIG)
+REBUILD_GENE_LIST ?=
+REBUILD_WORKERS ?= 2
+.PHONY: rebuild
+rebuild: install
+	@test -n "$(REBUILD_ROOT)" || { echo "error: set REBUILD_ROOT to the storage folder of the builds" >&2; exit 2; }
+	ssl-census rebuild --root "$(REBUILD_ROOT)" --release "$(RELEASE)" --config "$(REBUILD_CONFIG)" \
+		--workers $(REBUILD_WORKERS) \
+		$(if $(RELEASE_DIRECTORY),--directory "$(RELEASE_DIRECTORY)") \
+		$(if $(REBUILD_GENE_LIST),--gene-list "$(REBUILD_GENE_LIST)")
