@@ -51,11 +51,13 @@ def real_census_uri(tmp_path_factory: pytest.TempPathFactory, shared_data: Path)
 def real_shards_dir(tmp_path_factory: pytest.TempPathFactory, real_census_uri: str,
                     shared_data: Path) -> Path:
     """Shards of the real local census (configs/shards/local-pbmc.toml, scTab gene list),
-    built once per session: unlabelled 10x cells kept with cell_type_code -1."""
+    built once per session: unlabelled 10x cells kept with cell_type_code -1. Its phase-1
+    parts stay in the sibling ``parts-cache`` directory for builds that reuse them."""
     from ssl_census.shards.build import build_shards
     from ssl_census.shards.config import load_shards_config
 
     out = tmp_path_factory.mktemp("shards") / "pbmc-real"
     build_shards(out, load_shards_config("local-pbmc"), census_uri=real_census_uri,
-                 gene_list=str(shared_data / "genes" / "scTab_features.parquet"), workers=1)
+                 gene_list=str(shared_data / "genes" / "scTab_features.parquet"), workers=1,
+                 parts_dir=out.parent / "parts-cache")
     return out
