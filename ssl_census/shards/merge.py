@@ -16,7 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from pandas.api.types import union_categoricals
 
+from ssl_census.core.progress import progress
 from ssl_census.shards.csr import concat_rows, take_rows
 from ssl_census.shards.parts import PROCESS_BASELINE, open_part_arrays
 from ssl_census.shards.split import shuffle_keys
@@ -47,6 +49,18 @@ def cell_codes(term_ids: pd.Series, codes: Mapping[str, int], keep_unlabelled: b
     return kept, code
 
 
+def concat_obs(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Stack obs frames keeping string columns categorical (pd.concat would turn categoricals
+    with different categories into one Python string per row)."""
+    out = {}
+    for col in frames[0].columns:
+        if isinstance(frames[0][col].dtype, pd.CategoricalDtype):
+            out[col] = union_categoricals([f[col] for f in frames])
+        else:
+            out[col] = np.concatenate([f[col].to_numpy() for f in frames])
+    return pd.DataFrame(out)
+
+
 def plan_split(parts: list[Path], split: str, codes: Mapping[str, int], keep_unlabelled: bool,
                shuffle_seed: int) -> SplitPlan:
     frames, part_ids, rows, nnz = [], [], [], []
@@ -67,7 +81,7 @@ def plan_split(parts: list[Path], split: str, codes: Mapping[str, int], keep_unl
     if not frames:
         empty = np.zeros(0, dtype=np.int64)
         return SplitPlan(pd.DataFrame(), empty.astype(np.int32), empty, empty, 0)
-    obs = pd.concat(frames, ignore_index=True)
+    obs = concat_obs(frames)
     joinid = obs["soma_joinid"].to_numpy(np.int64)
     order = np.lexsort((joinid, shuffle_keys(joinid, shuffle_seed)))
     max_count = int(obs["max_count"].max()) if len(obs) else 0
@@ -108,10 +122,12 @@ def _bucket(parts: list[Path], split: str, part: np.ndarray, row: np.ndarray):
 
 def iter_buckets(parts: list[Path], split: str, plan: SplitPlan, bucket_nnz: int
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-    for start, stop in bucket_bounds(plan.nnz, bucket_nnz):
-        indptr, (indices, data, counts) = _bucket(parts, split, plan.part[start:stop],
-                                                  plan.row[start:stop])
-        yield indptr, indices, data, counts
+    with progress(total=len(plan.obs), desc=f"shards: shuffle {split}") as bar:
+        for start, stop in bucket_bounds(plan.nnz, bucket_nnz):
+            indptr, (indices, data, counts) = _bucket(parts, split, plan.part[start:stop],
+                                                      plan.row[start:stop])
+            yield indptr, indices, data, counts
+            bar.update(stop - start)
 
 
 def merge_split(parts: list[Path], split: str, out: Path, codes: Mapping[str, int],

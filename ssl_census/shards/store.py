@@ -149,18 +149,29 @@ def write_parquet(path: str | os.PathLike[str], df: pd.DataFrame) -> None:
     atomic.write_bytes(path, buf.getvalue())
 
 
+def sorted_categorical(values: pd.Series) -> pd.Categorical:
+    """``values`` as strings in a categorical whose categories are the used values, sorted.
+
+    Categorical input is recoded without materialising one string per row (obs of a split
+    of the full census has millions of rows)."""
+    s = pd.Series(values).reset_index(drop=True)
+    if not isinstance(s.dtype, pd.CategoricalDtype):
+        s = s.astype("string").astype(str).astype("category")
+    s = s.cat.remove_unused_categories()
+    s = s.cat.rename_categories(s.cat.categories.astype(str))
+    return pd.Categorical(s.cat.reorder_categories(sorted(s.cat.categories)))
+
+
 def tidy_obs(obs: pd.DataFrame) -> pd.DataFrame:
     """The stored obs columns in their stored order and types (categories sorted)."""
     out = pd.DataFrame(index=pd.RangeIndex(len(obs)))
     for col in OBS_COLUMNS:
-        values = obs[col].to_numpy() if col in obs else None
         if col in STRING_OBS_COLUMNS:
-            s = pd.Series(values, dtype="string").astype(str)
-            out[col] = pd.Categorical(s, categories=sorted(s.unique()))
+            out[col] = sorted_categorical(obs[col])
         elif col == "cell_type_code":
-            out[col] = np.asarray(values, dtype=np.int32)
+            out[col] = obs[col].to_numpy(np.int32)
         else:
-            out[col] = np.asarray(values, dtype=np.int64)
+            out[col] = obs[col].to_numpy(np.int64)
     return out
 
 
