@@ -25,6 +25,7 @@ from ssl_census.cli import main
 from ssl_census.core.config import CONFIG_ROOT
 from ssl_census.core.errors import UserError
 from ssl_census.rebuild.lock import rebuild_lock
+from ssl_census.rebuild.pointer import switch_current
 from ssl_census.rebuild.run import PARTS_CACHE, STAGING, run_rebuild
 from ssl_census.shards.store import SPLITS, open_shards, read_manifest
 from ssl_census.shards.verify import verify_shards
@@ -234,3 +235,17 @@ def test_a_build_that_moves_donors_between_splits_is_not_published(
                     **{**build_args, "config": str(config)})
     assert os.readlink(root / "current") == TAG_A
     assert not (root / TAG_B).exists()
+
+
+def test_a_verified_build_that_was_not_yet_published_is_published_without_building(
+        second, releases, build_args):
+    """A kill between the rename into <root>/<release> and the switch of current."""
+    root = second[0]
+    switch_current(root, TAG_A)
+    cache = sorted(p.name for p in (root / PARTS_CACHE).iterdir())
+    changelog = (root / TAG_B / "changelog.json").read_text()
+    result = run_rebuild(root, directory=releases / "release.json", **build_args)
+    assert result.published and os.readlink(root / "current") == TAG_B
+    assert (root / TAG_B / "changelog.json").read_text() == changelog
+    assert sorted(p.name for p in (root / PARTS_CACHE).iterdir()) == cache
+    assert not (root / STAGING / TAG_B).exists()

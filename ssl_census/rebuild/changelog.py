@@ -105,7 +105,7 @@ def render_markdown(log: dict[str, Any]) -> str:
     """CHANGELOG.md of a build, from its changelog.json content."""
     release, reuse, ds = log["release"], log["reuse"], log["datasets"]
     lines = [f"# Build {release['tag']} (census release {release['release_build']})", "",
-             f"Previous build: {log['previous'] or 'none'}. Published {log['built_at']}.", "",
+             f"Previous build: {log['previous'] or 'none'}. Built {log['built_at']}.", "",
              "## Datasets", "",
              f"{len(ds['added'])} added, {len(ds['removed'])} removed, "
              f"{len(ds['changed'])} changed, {ds['unchanged']} unchanged.", ""]
