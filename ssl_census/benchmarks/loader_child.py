@@ -188,6 +188,7 @@ def run_raw(args: dict[str, Any]) -> dict[str, Any]:
             setattr(local, key, np.empty(arr.meta.chunk * 8, dtype=arr.meta.dtype))
         arr.read_into(lo, hi, getattr(local, key)[: hi - lo])
 
+    cpu0 = cpu_seconds()
     start = time.perf_counter()
     with ThreadPoolExecutor(args["workers"]) as pool:
         list(pool.map(work, jobs))
@@ -195,6 +196,7 @@ def run_raw(args: dict[str, Any]) -> dict[str, Any]:
     return {
         "cells": cells,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds() - cpu0,
         "sizes": np.array([cells]),
         "labels": None,
         "settings": {"workers": args["workers"], "what": "decompress indices+data chunks"},
