@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 import tiledbsoma as soma
 
 from ssl_census.core.config import CONFIG_ROOT
@@ -23,7 +24,7 @@ from ssl_census.shards import merge, parts
 from ssl_census.shards.build import PARTS_DIR, build_shards
 from ssl_census.shards.config import load_shards_config
 from ssl_census.shards.split import assign_splits
-from ssl_census.shards.store import MANIFEST, SPLITS, open_shards
+from ssl_census.shards.store import MANIFEST, SPLITS, open_shards, write_store_from_arrays
 
 TENX = {"10x 3' v1", "10x 3' v2", "10x 3' v3", "10x 5' v1", "10x 5' v2",
         "10x 3' transcription profiling", "10x 5' transcription profiling"}
@@ -222,6 +223,12 @@ def test_out_dir_holding_another_build_is_refused(real_shards_dir, real_census_u
     with pytest.raises(UserError, match="another shard store"):
         _build(real_shards_dir, real_census_uri, shared_data, config=str(other))
     assert (real_shards_dir / MANIFEST).read_bytes() == before
+    tiny = tmp_path / "tiny"  # a store made by write_store_from_arrays has no build_id
+    var = pd.DataFrame({"feature_id": ["E1", "E2"], "feature_name": ["A", "B"]})
+    obs = pd.DataFrame({"cell_type": ["B cell"], "cell_type_ontology_term_id": ["CL:0000236"]})
+    write_store_from_arrays(tiny, var, {"train": (sp.csr_matrix(np.array([[1, 2]])), obs)})
+    with pytest.raises(UserError, match="another shard store"):
+        _build(tiny, real_census_uri, shared_data)
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")

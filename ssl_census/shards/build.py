@@ -121,7 +121,7 @@ def prepare_out_dir(out: Path, build_id: str, request: dict[str, Any]) -> bool:
     """Claim ``out`` for this build; True when it already holds this build, complete."""
     manifest = read_manifest(out)
     recorded = _read_json(out / BUILD_FILE)
-    if manifest is not None and manifest.get("build_id") not in (None, build_id):
+    if manifest is not None and manifest.get("build_id") != build_id:
         raise UserError(f"{out} holds another shard store (built from other inputs)",
                         "choose a new --out, or delete the directory to rebuild")
     if manifest is not None and manifest.get("complete") is True:
@@ -240,6 +240,7 @@ def build_shards(
                              ontology.release)
         build_id = inputs.build_id()
         if prepare_out_dir(out, build_id, {"census": spec.identity(), "config": config.name}):
+            _clean_up(out, parts_dir is None and not keep_parts)
             return BuildReport(out, read_manifest(out) or {})
         obs = source.read_eligible_obs(census, config.query.value_filter())
         obs = select_datasets(obs, source.read_datasets(census), config.query.include_datasets,
@@ -283,11 +284,7 @@ def build_shards(
         dropped = sum(parts.read_summary(d)["dropped_empty"] for d in part_dirs)
         manifest = finish_store(out, _manifest(build_id, spec, summary, config, space,
                                                ontology.release, types, dropped, n_cells))
-    if not keep_parts and parts_dir is None:
-        shutil.rmtree(part_root, ignore_errors=True)
-    (out / BUILD_FILE).unlink(missing_ok=True)
-    for s in SPLITS:
-        (out / s / _DONE).unlink(missing_ok=True)
+    _clean_up(out, parts_dir is None and not keep_parts)
     own, children = _peak_rss()
     return BuildReport(out, manifest, len(tasks), built, cells_read,
                        time.perf_counter() - t0, phases, own, children, reuse)
@@ -309,6 +306,15 @@ def dataset_reuse(tasks: list[parts.PartTask]) -> dict[str, dict[str, int]]:
 
 
 _DONE = ".done"
+
+
+def _clean_up(out: Path, remove_parts: bool) -> None:
+    """Remove the build's work files from a complete store (also after a kill at the end)."""
+    if remove_parts:
+        shutil.rmtree(out / PARTS_DIR, ignore_errors=True)
+    (out / BUILD_FILE).unlink(missing_ok=True)
+    for s in SPLITS:
+        (out / s / _DONE).unlink(missing_ok=True)
 
 
 def _merge_once(out: Path, split: str, part_dirs: list[Path], codes: dict[str, int],
