@@ -89,3 +89,18 @@ def test_torchrun_two_gloo_ranks_end_with_equal_weights(shards, tmp_path):
     card = json.loads((out / "model_card.json").read_text())
     assert card["world_size"] == 2 and card["ranks_in_sync"] is True and card["step"] == 6
     assert done.stdout.count("barlow: 6 steps") == 1  # only rank 0 reports
+
+
+def test_pretrain_on_the_real_local_shards_lowers_validation_loss(real_shards_dir, tmp_path,
+                                                                   shared_data):
+    out = tmp_path / "run"
+    r = pretrain("--method", "gp_to_tf", "--shards", real_shards_dir, "--out", out,
+                 "--gene-sets", shared_data / "genesets/dorothea_ABC_tf_targets.gmt",
+                 "--max-steps", 30, "--val-every", 15, "--val-batches", 4, "--hidden", "64,16",
+                 "--batch-size", 128,
+                 "--lr", "3e-3", "--device", "cpu", "--workers", "1")
+    assert r.exit_code == 0, r.output
+    val = [m["loss"] for m in RunDir(out).metrics() if m["split"] == "val"]
+    assert len(val) == 3 and val[-1] < val[0], val
+    card = json.loads((out / "model_card.json").read_text())
+    assert card["n_genes"] == 19350
