@@ -184,8 +184,8 @@ class SyntheticCensusModel:
         starts = np.array([d.start for d in self.datasets])
         ds = np.searchsorted(starts, np.arange(start, stop), side="right") - 1
         n = stop - start
-        donor_local = rng.integers(0, 1 << 30, n) % np.array([len(self.datasets[i].donors)
-                                                            for i in ds])
+        n_donors = np.array([len(d.donors) for d in self.datasets])
+        donor_local = rng.integers(0, 1 << 30, n) % n_donors[ds]
         donor = self.donor_offset[ds] + donor_local
         cum = np.cumsum(self.type_probs[ds], axis=1)
         ctype = (rng.random(n)[:, None] > cum).sum(axis=1).clip(max=len(CELL_TYPES) - 1)
