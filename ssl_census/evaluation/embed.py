@@ -56,7 +56,14 @@ def apply_to_matrix(fn: Callable[[torch.Tensor], torch.Tensor], x: sp.csr_matrix
 
 
 def split_batches(shards: Path, split: str, batch_size: int = 8192,
-                  workers: int | None = None) -> Iterator[np.ndarray]:
-    """Dense numpy batches of a split (for the out-of-core PCA)."""
-    for batch in split_loader(shards, split, batch_size, "cpu", workers):
-        yield batch.x.numpy()
+                  workers: int | None = None) -> Iterator[sp.csr_matrix]:
+    """A split's log1p values as scipy CSR batches, in stored order (for the PCA baseline)."""
+    from ssl_census.data import BlockShuffleLoader
+
+    loader = BlockShuffleLoader(shards, split=split, batch_size=batch_size, layers=("x",),
+                                obs_columns=(), dense=False, device="cpu", shuffle=False,
+                                workers=workers)
+    for batch in loader:
+        x = batch.x
+        yield sp.csr_matrix((x.values().numpy(), x.col_indices().numpy(),
+                             x.crow_indices().numpy()), shape=tuple(x.shape))

@@ -128,6 +128,12 @@ def _rank_rows(a: np.ndarray) -> np.ndarray:
     return stats.rankdata(a, axis=1)
 
 
+def _nanmean(v: np.ndarray) -> float:
+    """Mean over defined values; NaN (no warning) when none is defined."""
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
 def correlation_scores(y: np.ndarray, y_hat: np.ndarray) -> dict[str, float | list[float]]:
     """Pearson and Spearman between measured and predicted values: over all entries, per
     feature (across cells) and per cell (across features). Constant rows or columns have no
@@ -142,10 +148,10 @@ def correlation_scores(y: np.ndarray, y_hat: np.ndarray) -> dict[str, float | li
     return {
         "pearson": float(_pearson_rows(flat_y, flat_h)[0]),
         "spearman": float(_pearson_rows(_rank_rows(flat_y), _rank_rows(flat_h))[0]),
-        "pearson_per_feature_mean": float(np.nanmean(per_feature_p)),
-        "spearman_per_feature_mean": float(np.nanmean(per_feature_s)),
-        "pearson_per_cell_mean": float(np.nanmean(per_cell_p)),
-        "spearman_per_cell_mean": float(np.nanmean(per_cell_s)),
+        "pearson_per_feature_mean": _nanmean(per_feature_p),
+        "spearman_per_feature_mean": _nanmean(per_feature_s),
+        "pearson_per_cell_mean": _nanmean(per_cell_p),
+        "spearman_per_cell_mean": _nanmean(per_cell_s),
         "pearson_per_feature": [float(v) for v in per_feature_p],
         "spearman_per_feature": [float(v) for v in per_feature_s],
     }

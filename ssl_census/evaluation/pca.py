@@ -1,55 +1,72 @@
-"""The PCA baseline, fitted out of core: batches stream through an incremental PCA, so memory
-is bounded by one batch and the ``n_genes x n_components`` basis, not by the number of cells.
+"""The PCA baseline, fitted out of core by randomized subspace iteration on the covariance.
+
+The covariance ``C = X'X / n - mu mu'`` is never formed (19,331 genes would make it 3 GB);
+each pass over the cells computes ``C Q`` for a thin ``genes x (k + oversampling)`` matrix
+``Q`` as ``sum_b X_b' (X_b Q) / n - mu (mu' Q)``, straight from the sparse batches. A few
+passes of subspace iteration and a final Rayleigh-Ritz step give the leading components
+(Halko, Martinsson & Tropp 2011, algorithm 4.4). Memory: a few ``genes x 74`` matrices and
+one batch; work per pass: 4 flops per stored non-zero and column of Q.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable
 
 import numpy as np
-from sklearn.decomposition import IncrementalPCA
+import scipy.sparse as sp
+
+Batches = Callable[[], Iterable[np.ndarray | sp.spmatrix]]
 
 
-def _at_least(batches: Iterable[np.ndarray], minimum: int) -> Iterator[np.ndarray]:
-    """Re-block ``batches`` so that every block has at least ``minimum`` rows (a partial fit
-    needs as many rows as components); a short tail is merged into the previous block."""
-    pending: list[np.ndarray] = []
-    held = 0
-    last: np.ndarray | None = None
-    for b in batches:
-        pending.append(np.asarray(b, dtype=np.float32))
-        held += len(b)
-        if held >= minimum:
-            block = np.concatenate(pending) if len(pending) > 1 else pending[0]
-            if last is not None:
-                yield last
-            last, pending, held = block, [], 0
-    if pending:
-        tail = np.concatenate(pending)
-        last = tail if last is None else np.concatenate([last, tail])
-    if last is not None:
-        yield last
-
-
-def fit_pca_streaming(
-    batches: Iterable[np.ndarray], n_components: int = 64, max_cells: int | None = None
-) -> IncrementalPCA:
-    """Fit an incremental PCA on dense row batches (e.g. log1p expression from the loader)."""
-    pca = IncrementalPCA(n_components=n_components)
-    seen = 0
-    for block in _at_least(batches, n_components):
-        if max_cells is not None and seen >= max_cells:
+def _pass(batches: Batches, q: np.ndarray, max_cells: int | None
+          ) -> tuple[np.ndarray, np.ndarray, int]:
+    """One pass: ``sum X_b' (X_b q)``, the column sums and the number of cells."""
+    xtxq = np.zeros_like(q)
+    col_sum = np.zeros(q.shape[0])
+    n = 0
+    for b in batches():
+        if max_cells is not None and n >= max_cells:
             break
-        pca.partial_fit(block)
-        seen += len(block)
-    if seen == 0:
-        raise ValueError("no cells to fit the PCA on")
-    return pca
+        if max_cells is not None and n + b.shape[0] > max_cells:
+            b = b[: max_cells - n]
+        b = sp.csr_matrix(b, dtype=np.float64) if sp.issparse(b) else np.asarray(b, np.float64)
+        xtxq += b.T @ (b @ q)
+        col_sum += np.asarray(b.sum(0)).ravel()
+        n += b.shape[0]
+    return xtxq, col_sum, n
 
 
-def transform_streaming(pca: IncrementalPCA, batches: Iterable[np.ndarray]) -> np.ndarray:
-    """Project row batches onto the fitted components (float32, rows in batch order)."""
-    parts = [pca.transform(np.asarray(b, dtype=np.float32)).astype(np.float32) for b in batches]
-    if not parts:
-        return np.zeros((0, pca.n_components_), dtype=np.float32)
-    return np.concatenate(parts)
+class StreamingPCA:
+    """PCA whose fit reads the cells in a few streamed passes (``n_iter + 1``)."""
+
+    def __init__(self, n_components: int = 64, oversampling: int = 10, n_iter: int = 5,
+                 seed: int = 0, max_cells: int | None = None) -> None:
+        self.n_components, self.oversampling, self.n_iter = n_components, oversampling, n_iter
+        self.seed, self.max_cells = seed, max_cells
+
+    def _cov_times(self, batches: Batches, q: np.ndarray) -> np.ndarray:
+        xtxq, col_sum, n = _pass(batches, q, self.max_cells)
+        if n < 2:
+            raise ValueError("no cells to fit the PCA on")
+        self.mean_, self.n_samples_seen_ = col_sum / n, n
+        return xtxq / n - np.outer(self.mean_, self.mean_ @ q)
+
+    def fit(self, batches: Batches, n_features: int) -> StreamingPCA:
+        """``batches()`` must yield the same cells (dense or sparse rows) on every call."""
+        width = min(self.n_components + self.oversampling, n_features)
+        rng = np.random.default_rng(self.seed)
+        q, _ = np.linalg.qr(rng.standard_normal((n_features, width)))
+        for _ in range(self.n_iter):
+            q, _ = np.linalg.qr(self._cov_times(batches, q))
+        cq = self._cov_times(batches, q)
+        values, vectors = np.linalg.eigh(q.T @ cq)
+        order = np.argsort(values)[::-1][: self.n_components]
+        self.components_ = (q @ vectors[:, order]).T.astype(np.float32)
+        self.explained_variance_ = np.maximum(values[order], 0.0)
+        self.n_components_ = len(order)
+        return self
+
+    def transform(self, x: np.ndarray | sp.spmatrix) -> np.ndarray:
+        proj = x @ self.components_.T
+        return np.asarray(proj - self.mean_.astype(np.float32) @ self.components_.T,
+                          dtype=np.float32)

@@ -36,7 +36,7 @@ from ssl_census.evaluation.metrics import (
     hierarchy_corrected,
     per_class_f1,
 )
-from ssl_census.evaluation.pca import fit_pca_streaming
+from ssl_census.evaluation.pca import StreamingPCA
 from ssl_census.models.mlp import Encoder
 from ssl_census.shards.store import ShardStore, open_shards
 from ssl_census.tasks.finetune import check_same_gene_space, load_task, run_gene_space
@@ -142,8 +142,8 @@ def _embed_store(encoders: dict[str, Encoder], store: ShardStore,
         test = apply_to_split(enc, store.path, "test", opts.batch_size, opts.device,
                               opts.workers)
         out.append(Embedded(name, test, val))
-    pca = fit_pca_streaming(split_batches(store.path, "train", opts.batch_size, opts.workers),
-                            PCA_COMPONENTS, opts.pca_max_cells)
+    pca = StreamingPCA(PCA_COMPONENTS, max_cells=opts.pca_max_cells, seed=opts.seed).fit(
+        lambda: split_batches(store.path, "train", opts.batch_size, opts.workers), store.n_genes)
     project = _numpy_fn(pca.transform)
     out.append(Embedded(f"PCA-{PCA_COMPONENTS}",
                         apply_to_split(project, store.path, "test", opts.batch_size, "cpu"),
@@ -244,7 +244,6 @@ def _folds(n: int, seed: int, n_folds: int = 5) -> np.ndarray:
 
 
 def evaluate_h5ad(run_dir: Path, h5ad: Path, label_key: str, opts: EvalOptions) -> dict:
-    from ssl_census.evaluation.pca import transform_streaming
     from ssl_census.evaluation.unseen import load_unseen
 
     keys = (label_key,) + ((opts.batch_key,) if opts.batch_key else ())
@@ -254,9 +253,10 @@ def evaluate_h5ad(run_dir: Path, h5ad: Path, label_key: str, opts: EvalOptions) 
     encoders, card = encoders_to_compare(run_dir, opts.device)
     embedded = [Embedded(n, apply_to_matrix(e, cells.x, 4096, opts.device))
                 for n, e in encoders.items()]
-    x_batches = [cells.x[i : i + 4096].toarray() for i in range(0, cells.x.shape[0], 4096)]
-    pca = fit_pca_streaming(iter(x_batches), min(PCA_COMPONENTS, cells.x.shape[0] - 1))
-    embedded.append(Embedded(f"PCA-{PCA_COMPONENTS}", transform_streaming(pca, iter(x_batches))))
+    pca = StreamingPCA(min(PCA_COMPONENTS, cells.x.shape[0] - 1), seed=opts.seed).fit(
+        lambda: (cells.x[i : i + 8192] for i in range(0, cells.x.shape[0], 8192)),
+        cells.x.shape[1])
+    embedded.append(Embedded(f"PCA-{PCA_COMPONENTS}", pca.transform(cells.x)))
     obs = cells.adata.obs
     labels = obs[label_key].astype(str).to_numpy()
     names, y = np.unique(labels, return_inverse=True)
