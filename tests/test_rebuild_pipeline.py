@@ -196,10 +196,14 @@ def test_killed_rebuild_leaves_current_and_the_next_run_completes_it(
     rows = {r["release"]: r for r in json.loads(out.output)}
     assert rows[TAG_A]["current"] and not rows[TAG_B]["built_locally"]
 
-    result = run_rebuild(root, directory=releases / "release.json", **build_args)
-    assert result.published and os.readlink(root / "current") == TAG_B
-    reuse = result.changelog["reuse"]
+    out = CliRunner().invoke(main, cli_args(root, releases, build_args))
+    assert out.exit_code == 0, out.output
+    assert os.readlink(root / "current") == TAG_B
+    reuse = json.loads((root / TAG_B / "changelog.json").read_text())["reuse"]
     assert reuse["resumed"] and reuse["cells_read"] < ZHENG + DONOR_A
+    assert f"published {TAG_B}" in out.output
+    assert (f"datasets reused {reuse['datasets_reused']}, read {reuse['datasets_read']} "
+            f"({reuse['cells_read']:,} cells read)") in out.output
     assert verify_shards(root / TAG_B).ok
     # the resumed build holds the same bytes as the uninterrupted one
     resumed, straight = read_manifest(root / TAG_B), read_manifest(second[0] / TAG_B)
