@@ -133,13 +133,21 @@ def test_run_directory_checkpoints_and_encoder_loading(pbmc, shared_data, tmp_pa
     assert (run / "config.toml").read_text().startswith('method = "gp_mask"')
 
 
-def test_optimiser_is_made_once_and_keeps_its_state(pbmc, shared_data):
-    trainer = make_trainer(pbmc, shared_data, None, "barlow", max_steps=6, val_every=100)
+@pytest.mark.parametrize("optimizer", ["adamw", "lars"])
+def test_optimiser_is_made_once_and_keeps_its_state(optimizer, pbmc, shared_data):
+    trainer = make_trainer(pbmc, shared_data, None, "barlow", max_steps=6, val_every=100,
+                           optimizer=optimizer, lr=0.05 if optimizer == "lars" else 1e-3)
     optimiser = trainer.optimizer
+    snapshots = []
+    trainer.on_step = lambda step, figures: snapshots.append(
+        {k: v.clone() for k, v in optimiser.state[next(iter(optimiser.state))].items()})
     trainer.fit()
     assert trainer.optimizer is optimiser
-    steps = {int(s["step"]) for s in optimiser.state.values()}
-    assert steps == {6}
+    if optimizer == "adamw":
+        assert {int(s["step"]) for s in optimiser.state.values()} == {6}
+    else:  # momentum accumulates from step to step instead of restarting
+        norms = [float(s["mu"].norm()) for s in snapshots]
+        assert len(norms) == 6 and norms[-1] > norms[0] > 0
 
 
 def test_two_gloo_processes_train_equal_weights(pbmc, tmp_path, shared_data):
