@@ -127,9 +127,13 @@ class Trainer:
         self.best_val = float("inf")
         self.bad_evals = 0
         self.stopped_early = False
+        self._loader_state: Mapping[str, Any] | None = None
         self._board = _tensorboard(run) if run is not None and self.env.is_main else _NoBoard()
 
     def _total_steps(self) -> int:
+        if len(self.train_loader) == 0:
+            raise UserError("the training split yields no batch at this batch size",
+                            "lower --batch-size")
         limits = []
         if self.cfg.max_steps:
             limits.append(self.cfg.max_steps)
@@ -178,7 +182,6 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------
     def fit(self, resume: bool = False) -> dict[str, Any]:
         """Train until the step limit or early stopping; return the final figures."""
-        self._loader_state: Mapping[str, Any] | None = None
         seed_everything(self.cfg.seed + 7919 * self.env.rank)
         if resume:
             if self.run is None:
@@ -204,6 +207,7 @@ class Trainer:
                 bar.update(1)
                 if self.step % self.cfg.val_every == 0 or self.step == self.total_steps:
                     self._validate()
+                    window.restart_clock()  # cells/s counts training time only
                 if self.step >= self.total_steps or self.stopped_early:
                     break
             else:
@@ -301,6 +305,9 @@ class _Window:
             self.sums[k] = self.sums.get(k, 0.0) + v.float()
         self.steps += 1
         self.cells += cells
+
+    def restart_clock(self) -> None:
+        self.t0 = time.perf_counter()
 
     def flush(self) -> dict[str, float]:
         dt = time.perf_counter() - self.t0
