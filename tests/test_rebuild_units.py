@@ -15,9 +15,9 @@ import pytest
 from ssl_census.census.releases import current_build, parse_directory
 from ssl_census.core.errors import UserError
 from ssl_census.rebuild.changelog import BuildSummary, compare_builds, render_markdown
+from ssl_census.rebuild.choose import choose_release, is_newer, soma_uri
 from ssl_census.rebuild.lock import rebuild_lock
 from ssl_census.rebuild.pointer import switch_current
-from ssl_census.rebuild.select import choose_release, is_newer, soma_uri
 from ssl_census.shards.source import dataset_fingerprints
 
 

@@ -37,9 +37,9 @@ from ssl_census.rebuild.changelog import (
     render_markdown,
     summarise_build,
 )
+from ssl_census.rebuild.choose import choose_release, is_newer, soma_uri
 from ssl_census.rebuild.lock import rebuild_lock
 from ssl_census.rebuild.pointer import current_build, switch_current
-from ssl_census.rebuild.select import choose_release, is_newer, soma_uri
 from ssl_census.shards import source
 from ssl_census.shards.build import DEFAULT_MEMORY_BUDGET, BuildReport, build_shards
 from ssl_census.shards.config import load_shards_config
