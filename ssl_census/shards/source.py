@@ -90,21 +90,24 @@ def iter_raw_blocks(census: Any, joinids: np.ndarray, gene_joinids: np.ndarray,
     joinids = np.asarray(joinids, dtype=np.int64)
     gene_joinids = np.asarray(gene_joinids, dtype=np.int64)
     X = experiment(census).ms["RNA"].X["raw"]
-    lookup = np.full(int(X.shape[1]), -1, dtype=np.int64)
-    lookup[gene_joinids] = np.arange(len(gene_joinids))
+    gene_pos = np.full(int(X.shape[1]), -1, dtype=np.int32)
+    gene_pos[gene_joinids] = np.arange(len(gene_joinids), dtype=np.int32)
     for lo in range(0, len(joinids), block_cells):
         ids = joinids[lo : lo + block_cells]
+        # joinids of a block are sorted and nearly contiguous: a table beats a search
+        row_pos = np.full(int(ids[-1] - ids[0]) + 1, -1, dtype=np.int32)
+        row_pos[ids - ids[0]] = np.arange(len(ids), dtype=np.int32)
         rows, cols, vals = [], [], []
         for table in X.read(coords=(ids,)).tables():
-            col = lookup[table.column("soma_dim_1").to_numpy()]
-            keep = col >= 0
-            rows.append(np.searchsorted(ids, table.column("soma_dim_0").to_numpy()[keep]))
+            col = gene_pos[table.column("soma_dim_1").to_numpy()]
+            keep = np.flatnonzero(col >= 0)
+            rows.append(row_pos[table.column("soma_dim_0").to_numpy()[keep] - ids[0]])
             cols.append(col[keep])
             vals.append(table.column("soma_data").to_numpy()[keep])
         m = sp.csr_matrix(
             (np.concatenate(vals) if vals else np.zeros(0, np.float32),
-             (np.concatenate(rows) if rows else np.zeros(0, np.int64),
-              np.concatenate(cols) if cols else np.zeros(0, np.int64))),
+             (np.concatenate(rows) if rows else np.zeros(0, np.int32),
+              np.concatenate(cols) if cols else np.zeros(0, np.int32))),
             shape=(len(ids), len(gene_joinids)),
         )
         m.sort_indices()

@@ -29,6 +29,9 @@ def normalise(indptr: np.ndarray, counts: np.ndarray) -> tuple[np.ndarray, np.nd
     lib = library_sizes(indptr, counts)
     if np.any(lib[np.diff(indptr) > 0] <= 0):
         raise ValueError("rows with non-positive library size cannot be normalised")
-    per_entry = np.repeat(lib, np.diff(indptr)).astype(np.float64)
-    data = np.log1p(np.asarray(counts, dtype=np.float64) * (TARGET_SUM / per_entry))
+    with np.errstate(divide="ignore"):
+        scale = TARGET_SUM / lib.astype(np.float64)
+    data = np.asarray(counts, dtype=np.float64)
+    data *= np.repeat(scale, np.diff(indptr))
+    np.log1p(data, out=data)
     return data.astype(np.float32), lib
