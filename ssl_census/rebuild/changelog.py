@@ -35,7 +35,8 @@ def read_donor_split(store: Path) -> dict[str, str]:
     for split in SPLITS:
         obs = pq.read_table(store / split / "obs.parquet",
                             columns=["dataset_id", "donor_id"]).to_pandas()
-        pairs = obs.astype(str).drop_duplicates()
+        # duplicates dropped on the categorical codes first: a census split has millions of rows
+        pairs = obs.drop_duplicates().astype(str)
         out.update(dict.fromkeys(tech_sample(pairs["dataset_id"], pairs["donor_id"]), split))
     return out
 
@@ -44,7 +45,8 @@ def stored_cells_per_dataset(store: Path) -> dict[str, int]:
     counts: pd.Series | None = None
     for split in SPLITS:
         ids = pq.read_table(store / split / "obs.parquet", columns=["dataset_id"]).to_pandas()
-        vc = ids["dataset_id"].astype(str).value_counts()
+        vc = ids["dataset_id"].value_counts()
+        vc.index = vc.index.astype(str)
         counts = vc if counts is None else counts.add(vc, fill_value=0)
     return {k: int(v) for k, v in (counts if counts is not None else pd.Series()).items()}
 
