@@ -72,7 +72,6 @@ class _HostBatch:
     indices: torch.Tensor
     values: dict[str, torch.Tensor]
     obs: dict[str, torch.Tensor]
-    dense: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -222,28 +221,28 @@ class BlockShuffleLoader:
 
     # -- configuration -----------------------------------------------------------------------
 
-    def _cell_bytes(self) -> tuple[float, float]:
-        """(bytes a cell takes in a fetch buffer, bytes it takes in a finished batch)."""
+    def _batch_bytes(self) -> float:
+        """Host bytes of the batches alive at once: CSR parts queued, being gathered or held
+        by the caller; plus, for dense CPU batches, the caller's and the next dense array
+        (dense arrays are made one at a time, as the caller asks for the next batch)."""
         avg_nnz = max(1.0, self.nnz / self.n_cells)
-        fetch = avg_nnz * sum(self._dtypes[a].itemsize for a in self._arrays) + 24
-        batch = avg_nnz * 4 * (1 + len(self.layers)) + 8
-        if self.dense:
-            batch += self.n_genes * 4 * len(self.layers) * (1 if self.device.type == "cpu" else 0)
-        return fetch, batch
+        csr = avg_nnz * 4 * (1 + len(self.layers)) + 8
+        alive = (self.prefetch_batches + self.workers + 1) * self.batch_size * csr
+        if self.dense and self.device.type == "cpu":
+            alive += 2 * self.batch_size * self.n_genes * 4 * len(self.layers)
+        return alive
 
     def _buffer_cells(self, requested: int | None) -> int:
         """Cells per fetch: three fetch buffers (one being gathered from, one loaded, one
-        starting) plus the batches queued or being gathered fit the memory budget."""
-        fetch_b, batch_b = self._cell_bytes()
-        batches_alive = self.prefetch_batches + self.workers + 1
-        room = self.memory_budget_bytes - batches_alive * self.batch_size * batch_b
+        starting) plus the batches alive fit the memory budget."""
+        avg_nnz = max(1.0, self.nnz / self.n_cells)
+        fetch_b = avg_nnz * sum(self._dtypes[a].itemsize for a in self._arrays) + 24
+        batches = self._batch_bytes()
+        room = self.memory_budget_bytes - batches
         fits = int(room // (3 * fetch_b))
         cells = requested if requested is not None else min(fits, max(8 * self.batch_size, 65536))
         if fits < self.block_size or cells > fits:
-            need = int(
-                batches_alive * self.batch_size * batch_b
-                + 3 * max(cells, self.block_size) * fetch_b
-            )
+            need = int(batches + 3 * max(cells, self.block_size) * fetch_b)
             raise UserError(
                 f"memory_budget_bytes={self.memory_budget_bytes} is too small for batch_size "
                 f"{self.batch_size}, block_size {self.block_size} and buffer_cells {cells}",
@@ -275,8 +274,10 @@ class BlockShuffleLoader:
         )
 
     def set_epoch(self, epoch: int) -> None:
+        """Iterate epoch ``epoch`` next; a state loaded for that same epoch still holds."""
+        if int(epoch) != self.epoch:
+            self._start_batch = 0
         self.epoch = int(epoch)
-        self._start_batch = 0
 
     def __len__(self) -> int:
         return len(self.plan())
@@ -459,10 +460,7 @@ class BlockShuffleLoader:
         if self.device.type == "cuda":
             indptr = indptr.pin_memory()
         obs = {col: torch.from_numpy(arr[rows]) for col, arr in self._obs.items()}
-        host = _HostBatch(rows, indptr, indices, values, obs)
-        if self.dense and self.device.type == "cpu":
-            host.dense = {lay: self._csr(host, lay).to_dense() for lay in self.layers}
-        return host
+        return _HostBatch(rows, indptr, indices, values, obs)
 
     def _host_array(self, n: int, dtype: torch.dtype) -> torch.Tensor:
         """A batch output array: pinned for CUDA (torch caches pinned blocks itself); on the
@@ -490,17 +488,10 @@ class BlockShuffleLoader:
     def _to_device(self, host: _HostBatch) -> Batch:
         dev = self.device
         nb = dev.type == "cuda"
-        if dev.type == "cpu":
-            layers = (
-                host.dense
-                if host.dense is not None
-                else {lay: self._csr(host, lay) for lay in self.layers}
-            )
-        else:
-            layers = {}
-            for lay in self.layers:
-                csr = self._csr(host, lay, dev)
-                layers[lay] = csr.to_dense() if self.dense else csr
+        layers = {}
+        for lay in self.layers:
+            csr = self._csr(host, lay, None if dev.type == "cpu" else dev)
+            layers[lay] = csr.to_dense() if self.dense else csr
         return Batch(
             index=torch.from_numpy(host.rows).to(dev, non_blocking=nb),
             obs={k: v.to(dev, non_blocking=nb) for k, v in host.obs.items()},
