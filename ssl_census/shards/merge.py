@@ -112,11 +112,16 @@ def _bucket(parts: list[Path], split: str, part: np.ndarray, row: np.ndarray):
         ptr = np.asarray(arrays["indptr"][lo : hi + 1])
         a, b = int(ptr[0]), int(ptr[-1])
         sliced = [np.asarray(arrays[k][a:b]) for k in ("indices", "data", "counts")]
-        pieces.append(take_rows(ptr - a, rows - lo, *sliced))
+        if len(rows) == hi - lo:  # every row of the slice: no gather needed
+            pieces.append((ptr - a, sliced))
+        else:
+            pieces.append(take_rows(ptr - a, rows - lo, *sliced))
         positions.append(where)
         del arrays
     indptr, arrays = concat_rows(pieces)
     inverse = np.argsort(np.concatenate(positions), kind="stable")
+    if np.array_equal(inverse, np.arange(len(inverse))):
+        return indptr, arrays
     return take_rows(indptr, inverse, *arrays)
 
 
