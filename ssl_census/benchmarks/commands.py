@@ -50,8 +50,10 @@ def shards_command(cells, work, workers, memory_budget, seed, json_path) -> None
 @click.option("--batch-size", default=8192, show_default=True, type=click.IntRange(1))
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 @click.option("--census-uri", default=None, help="Census-layout store for tiledbsoma-ml.")
+@click.option("--reader-cells", default=200_000, show_default=True, type=click.IntRange(1),
+              help="Cells timed per reader in the reader comparison.")
 def loader_command(shards_dir, synthetic, json_path, cells_limit, skip, work, batch_size,
-                   workers, census_uri) -> None:
+                   workers, census_uri, reader_cells) -> None:
     """This loader vs annbatch+zarrs, scDataset and a raw ceiling (cells/s, RSS, shuffle)."""
     from ssl_census.benchmarks.loader_bench import format_report, run_loader_bench
     from ssl_census.benchmarks.loader_synthetic import write_synthetic_store
@@ -62,7 +64,7 @@ def loader_command(shards_dir, synthetic, json_path, cells_limit, skip, work, ba
         write_synthetic_store(shards, synthetic)
     work_dir = Path(work) if work else shards.with_name(shards.name + "-loader-bench")
     report = run_loader_bench(shards, work_dir, cells_limit, skip, batch_size, workers,
-                              census_uri, log=click.echo)
+                              census_uri, reader_cells=reader_cells, log=click.echo)
     click.echo(format_report(report))
     if json_path:
         atomic.write_json(json_path, report)

@@ -206,6 +206,7 @@ def run_loader_bench(
         "cells_per_cpu_s": {},
         "skipped": {},
         "readers": {},
+        "readers_cells_per_cpu_s": {},
     }
 
     def record(name: str, result: dict[str, Any]) -> None:
@@ -233,7 +234,11 @@ def run_loader_bench(
                 "ssl-census", {**base, "reader": reader, "cells_limit": min(limit, reader_cells)}
             )
             report["readers"][reader] = res["cells"] / res["seconds"]
-            log(f"{'reader ' + reader:>20}: {report['readers'][reader]:>10,.0f} cells/s")
+            report["readers_cells_per_cpu_s"][reader] = res["cells"] / res["cpu_seconds"]
+            log(
+                f"{'reader ' + reader:>20}: {report['readers'][reader]:>10,.0f} cells/s, "
+                f"{report['readers_cells_per_cpu_s'][reader]:>10,.0f} cells/CPU-s"
+            )
     if "annbatch" not in skip:
         _annbatch(shards, work, {**base, **ANNBATCH_DEFAULTS}, report, record, log)
     if "scdataset" not in skip:
@@ -327,7 +332,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"{report['peak_rss_bytes'][name] / 2**30:>14.2f}{'' if q is None else f'{q:.3f}':>9}"
         )
     for name, rate in report["readers"].items():
-        lines.append(f"  reader {name:<12}{rate:>10,.0f} cells/s (ssl-census loader)")
+        cpu = report["readers_cells_per_cpu_s"][name]
+        lines.append(f"  reader {name:<12}{rate:>10,.0f} cells/s {cpu:>10,.0f} cells/CPU-s")
     lines.append(
         f"load average before/after: {report['load_average_before'][0]:.1f} / "
         f"{report['load_average_after'][0]:.1f} on {report['cpus']} CPUs"
