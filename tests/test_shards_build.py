@@ -285,3 +285,25 @@ def test_cli_verify_fails_on_a_flipped_byte(real_shards_dir, tmp_path):
     res = CliRunner().invoke(main, ["shards", "verify", str(bad)])
     assert res.exit_code == 1
     assert "checksum of data" in res.output
+
+
+def test_sctab_rule_without_unlabelled_cells(real_shards_dir, real_census_uri, shared_data,
+                                             tmp_path):
+    text = (CONFIG_ROOT / "shards" / "local-pbmc.toml").read_text()
+    labelled_only = tmp_path / "labelled.toml"
+    labelled_only.write_text(text.replace("keep_unlabelled = true", "keep_unlabelled = false"))
+    # phase-1 parts do not depend on curation: the session's cached parts serve this build
+    report = _build(tmp_path / "labelled", real_census_uri, shared_data, workers=1,
+                    config=str(labelled_only), parts_dir=real_shards_dir.parent / "parts-cache")
+    assert report.parts_built == 0
+    full = _all_obs(open_shards(real_shards_dir))
+    mine = _all_obs(open_shards(tmp_path / "labelled"))
+    assert (mine["cell_type_code"] >= 0).all()
+    expected = full[full["cell_type_code"] >= 0]
+    assert sorted(mine["soma_joinid"]) == sorted(expected["soma_joinid"])
+    merged = mine.merge(expected, on="soma_joinid", suffixes=("", "_full"))
+    assert (merged["split"] == merged["split_full"]).all()
+    # scTab's own thresholds keep nothing of a 30,000-cell census
+    with pytest.raises(UserError, match="no cell type passes"):
+        _build(tmp_path / "sctab", real_census_uri, shared_data,
+               config=str(CONFIG_ROOT / "shards" / "sctab-2023-05-15.toml"))
