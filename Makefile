@@ -6,9 +6,10 @@ CENSUS_VERSION ?= 2023-05-15
 CENSUS_URI ?=
 SHARDS_CONFIG ?= configs/shards/sctab-2023-05-15.toml
 SHARDS_OUT ?= $(WORK)/shards
+REPRODUCE_CONFIG ?= paper
 export SSL_CENSUS_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install test demo shards bench lint
+.PHONY: install test demo shards bench lint reproduce
 
 # torch first and pinned: an open torch requirement pulls gigabytes of CUDA packages.
 install: .installed
@@ -52,3 +53,7 @@ rebuild: install
 		--workers $(REBUILD_WORKERS) \
 		$(if $(RELEASE_DIRECTORY),--directory "$(RELEASE_DIRECTORY)") \
 		$(if $(REBUILD_GENE_LIST),--gene-list "$(REBUILD_GENE_LIST)")
+
+# The paper's comparisons on the real local census (or CENSUS_URI=...); writes docs/results.md.
+reproduce: install
+	ssl-census reproduce --config $(REPRODUCE_CONFIG) --work $(WORK)/reproduce --page docs/results.md $(if $(CENSUS_URI),--census-uri $(CENSUS_URI),)

@@ -51,6 +51,9 @@ def _register() -> None:
     main.add_command(finetune)
     main.add_command(evaluate)
     main.add_command(embed)
+    from ssl_census.reproduce.commands import reproduce
+
+    main.add_command(reproduce)
     from ssl_census.rebuild.commands import rebuild
 
     main.add_command(rebuild)

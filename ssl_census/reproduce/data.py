@@ -1,0 +1,152 @@
+"""The data of the experiment: the census, the gene list, the shard stores and the h5ad views.
+
+Everything is made by the stages' own APIs (census build-local, shards build) and skipped
+when it is already there, so a rerun of ``make reproduce`` resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ssl_census.core import atomic
+from ssl_census.core.config import load_toml
+from ssl_census.core.errors import UserError
+from ssl_census.reproduce.config import H5adView, ReproduceConfig
+
+
+def ensure_census(conf: ReproduceConfig, work: Path, data_dir: Path,
+                  census_uri: str | None) -> str:
+    """The census to read: ``census_uri`` as given, else the local census built once."""
+    if census_uri:
+        return census_uri
+    from ssl_census.census.build_local import build_local_census
+    from ssl_census.census.layout import is_census_store
+
+    out = work / "census"
+    if is_census_store(out):
+        print(f"[census] {out} exists, kept")
+    else:
+        report = build_local_census(conf.census_config, out, data_dir)
+        print(f"[census] built {out}: {report['n_cells']} cells, {report['n_datasets']} datasets "
+              f"in {report['seconds']} s")
+    return str(out)
+
+
+def _measured_gene_names(census_uri: str, titles: tuple[str, ...]) -> set[str]:
+    """Genes the named datasets measured (census feature_dataset_presence_matrix)."""
+    from ssl_census.census.open import open_census
+    from ssl_census.shards.selection import matching_dataset_ids
+
+    with open_census(uri=census_uri) as census:
+        datasets = census["census_info"]["datasets"].read().concat().to_pandas()
+        rna = census["census_data"]["homo_sapiens"].ms["RNA"]
+        var = rna.var.read(column_names=["soma_joinid", "feature_name"]).concat().to_pandas()
+        presence = rna["feature_dataset_presence_matrix"].read().tables().concat().to_pandas()
+    ids = matching_dataset_ids(datasets, titles, "genes.measured_by")
+    rows = datasets.loc[datasets["dataset_id"].astype(str).isin(ids), "soma_joinid"]
+    genes = presence.loc[presence["soma_dim_0"].isin(rows), "soma_dim_1"]
+    return set(var.loc[var["soma_joinid"].isin(genes), "feature_name"].astype(str))
+
+
+def ensure_gene_list(conf: ReproduceConfig, work: Path, data_dir: Path, census_uri: str) -> Path:
+    """The model gene list (text, one symbol a line): the configured list, restricted to the
+    genes measured by ``genes.measured_by`` when that is set."""
+    out = work / "genes.txt"
+    if out.is_file():
+        return out
+    listed = pd.read_parquet(data_dir / conf.gene_list)["gene_names"].astype(str)
+    names = set(listed)
+    if conf.genes_measured_by:
+        names &= _measured_gene_names(census_uri, conf.genes_measured_by)
+    if not names:
+        raise UserError("the gene list is empty after restricting it to measured genes",
+                        "check [genes] measured_by")
+    atomic.write_text(out, "\n".join(sorted(names)) + "\n")
+    print(f"[genes] {len(names)} genes of {conf.gene_list}"
+          + (f" measured by {', '.join(conf.genes_measured_by)}" if conf.genes_measured_by else ""))
+    return out
+
+
+def shards_config(conf: ReproduceConfig, name: str) -> Any:
+    """The base shards preset with the store's own ``[query]`` keys laid over it."""
+    from ssl_census.shards.config import load_shards_config
+
+    base = load_shards_config(conf.shards_base)
+    query = {k: tuple(v) if isinstance(v, list) else v for k, v in conf.stores[name].items()}
+    try:
+        return replace(base, name=f"{conf.name}-{name}", query=replace(base.query, **query))
+    except TypeError as e:
+        raise UserError(f"[shards.stores.{name}] has an unknown key ({e})",
+                        "use keys of the shards [query] section") from None
+
+
+def ensure_stores(conf: ReproduceConfig, work: Path, census_uri: str,
+                  gene_list: Path) -> dict[str, Path]:
+    """Every shard store of the config (built, or kept when complete)."""
+    from ssl_census.shards.build import build_shards
+
+    stores = {}
+    for name in conf.stores:
+        out = work / "shards" / name
+        report = build_shards(out, shards_config(conf, name), census_uri=census_uri,
+                              gene_list=str(gene_list), workers=conf.shards_workers)
+        cells = {s: v["n_cells"] for s, v in report.manifest["splits"].items()}
+        print(f"[shards] {name}: {cells} cells -> {out}")
+        stores[name] = out
+    return stores
+
+
+def _cl_terms(conf: ReproduceConfig, labels: pd.Series) -> pd.Series | None:
+    """Labels mapped to Cell Ontology terms by the census config's [labels] table, when it
+    names every label (so a classifier head can be scored on the file)."""
+    table = load_toml(conf.census_config, kind="census").get("labels", {})
+    mapped = labels.astype(str).map(table)
+    return None if mapped.isna().any() else mapped
+
+
+def ensure_view(conf: ReproduceConfig, view: H5adView, work: Path,
+                data_dir: Path) -> tuple[Path, str]:
+    """(h5ad path, label key) of a view: the file itself, or its selected cells written once;
+    labels get their Cell Ontology term beside them where the census config maps them all."""
+    import anndata as ad
+
+    out = work / "data" / f"{view.name}.h5ad"
+    cl_key = f"{view.label_key}_ontology_term_id"
+    if out.is_file():
+        obs = ad.read_h5ad(out, backed="r").obs
+        return out, cl_key if cl_key in obs.columns else view.label_key
+    adata = ad.read_h5ad(data_dir / view.file)
+    if view.select:
+        column, values = view.select["column"], [str(v) for v in view.select["values"]]
+        if column not in adata.obs.columns:
+            raise UserError(f"{view.file} has no obs column {column!r}",
+                            f"use one of {', '.join(map(str, adata.obs.columns))}")
+        adata = adata[adata.obs[column].astype(str).isin(values).to_numpy()].copy()
+    terms = _cl_terms(conf, adata.obs[view.label_key])
+    if terms is not None:
+        adata.obs[cl_key] = terms.to_numpy()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    adata.write_h5ad(tmp)
+    tmp.replace(out)
+    print(f"[data] {view.name}: {adata.n_obs} cells of {view.file}"
+          + (f" where {view.select['column']} in {view.select['values']}" if view.select else ""))
+    return out, cl_key if terms is not None else view.label_key
+
+
+def n_cells(path: Path) -> int:
+    import anndata as ad
+
+    return int(ad.read_h5ad(path, backed="r").n_obs)
+
+
+def label_counts(path: Path, key: str) -> dict[str, int]:
+    import anndata as ad
+
+    vc = ad.read_h5ad(path, backed="r").obs[key].astype(str).value_counts()
+    return {str(k): int(v) for k, v in vc.items() if v > 0 and not np.isnan(v)}

@@ -1,0 +1,308 @@
+"""docs/results.md and its figures, generated from the runs' reports (never typed by hand)."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ssl_census.core import atomic
+from ssl_census.reproduce import findings as fnd
+from ssl_census.reproduce import results as res
+from ssl_census.reproduce.config import ReproduceConfig
+
+FIGURES = "results"  # docs/results/ beside docs/results.md
+
+
+def _link(path: Path, page: Path, text: str) -> str:
+    return f"[{text}]({Path(os.path.relpath(path.resolve(), page.parent.resolve())).as_posix()})"
+
+
+def table_markdown(table: res.Table, page: Path) -> str:
+    head = ["model", *table.metrics, "seeds", "sources (run reports)"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in table.rows.values():
+        cells = []
+        for m in table.metrics:
+            mean, sd = res.mean_sd(row.values[m])
+            cells.append(f"{mean:.3f} ± {sd:.3f}")
+        links = " ".join(_link(src, page, f"s{seed}") for seed, src in zip(row.seeds, row.sources,
+                                                                           strict=True))
+        lines.append(f"| {row.name} | " + " | ".join(cells) + f" | {len(row.seeds)} | {links} |")
+    return "\n".join(lines)
+
+
+def bar_figure(table: res.Table, metric: str, path: Path, title: str) -> None:
+    """Horizontal bars of ``metric`` (mean, sd as error bars), one per row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = list(table.rows.values())
+    if not rows:
+        return
+    stats = [res.mean_sd(r.values[metric]) for r in rows]
+    fig, ax = plt.subplots(figsize=(7, 0.32 * len(rows) + 1.2))
+    y = range(len(rows))
+    ax.barh(list(y), [m for m, _ in stats], xerr=[s for _, s in stats], capsize=3,
+            color=[_colour(r.name) for r in rows])
+    ax.set_yticks(list(y), [r.name for r in rows], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel(f"{metric} (mean ± sd over seeds)")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _colour(name: str) -> str:
+    for key, colour in (("random-init", "#bbbbbb"), ("PCA", "#8c8c8c"), ("mean", "#8c8c8c"),
+                        ("random init", "#bbbbbb"), ("supervised", "#d62728"),
+                        ("unsupervised", "#d62728"), ("zero-shot", "#9ecae1"),
+                        ("shallow", "#6baed6")):
+        if key in name:
+            return colour
+    return "#2171b5"
+
+
+def _versions() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = [f"python {platform.python_version()}"]
+    for pkg in ("ssl-census", "torch", "numpy", "scikit-learn", "scib-metrics", "tiledbsoma",
+                "zarr"):
+        try:
+            out.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            out.append(f"{pkg} (not installed)")
+    return ", ".join(out)
+
+
+def _git_commit() -> str:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True, cwd=Path(__file__).parent).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _store_lines(inputs: Any, page: Path) -> list[str]:
+    from ssl_census.shards.store import open_shards
+
+    lines = ["| store | datasets selected | train | val | test | donors (train / val / test) |",
+             "|---|---|---|---|---|---|"]
+    for name, path in inputs.stores.items():
+        store = open_shards(path)
+        q = store.manifest.get("query", {})
+        sel = ("include " + "; ".join(q["include_datasets"]) if q.get("include_datasets")
+               else "all but " + "; ".join(q.get("exclude_datasets", [])))
+        counts, donors = [], []
+        for split in ("train", "val", "test"):
+            _, obs = store.split(split)
+            counts.append(str(len(obs)))
+            donors.append(str(obs["tech_sample"].nunique() if "tech_sample" in obs
+                              else obs["donor_id"].nunique()))
+        lines.append(f"| {_link(path, page, name)} | {sel} | " + " | ".join(counts)
+                     + f" | {' / '.join(donors)} |")
+    return lines
+
+
+def _param(conf: ReproduceConfig, stage: str, key: str) -> Any:
+    table = conf.pretrain if stage == "pretrain" else conf.finetune[stage]
+    return table.get("train", {}).get(key, "preset")
+
+
+def write_page(conf: ReproduceConfig, work: Path, page: Path, inputs: Any, census: str,
+               genes: Path, seconds: float) -> Path:
+    seeds = res.finished_seeds(conf, work)
+    transfer = res.classification_table(conf, work, seeds, "kang", "Held-out kang donors")
+    unseen = res.classification_table(conf, work, seeds, "unseen", "Stimulated kang cells")
+    cross = res.cross_modality_table(conf, work, seeds)
+    integration = res.integration_tables(conf, work, seeds)
+    figures = page.parent / FIGURES
+    fig = {
+        "transfer": figures / "transfer-macro-f1.png",
+        "unseen": figures / "unseen-macro-f1.png",
+        "cross": figures / "cross-modality-pearson.png",
+    }
+    bar_figure(transfer, "macro F1", fig["transfer"], "Cell types on held-out kang donors")
+    bar_figure(unseen, "macro F1", fig["unseen"], "Cell types on IFN-beta stimulated cells")
+    bar_figure(cross, "Pearson", fig["cross"], "RNA to protein, pbmc10k CITE-seq")
+    for name, table in integration.items():
+        fig[f"integration-{name}"] = figures / f"integration-{name}-total.png"
+        bar_figure(table, "Total", fig[f"integration-{name}"], f"scIB total score, {name}")
+    found = fnd.paper_findings(conf.methods, transfer, unseen, cross, integration,
+                               conf.integration_methods)
+    n_genes = sum(1 for line in genes.read_text().splitlines() if line.strip())
+    parts = _header(conf, work, page, seeds, seconds, census, n_genes, inputs)
+    parts += _findings(found)
+    parts += _section_transfer(conf, transfer, fig["transfer"], page)
+    parts += _section_unseen(inputs, unseen, fig["unseen"], page)
+    parts += _section_cross(conf, cross, fig["cross"], page)
+    parts += _section_integration(conf, integration, fig, page)
+    parts += _method_notes(conf)
+    atomic.write_text(page, "\n".join(parts) + "\n")
+    return page
+
+
+def _header(conf: ReproduceConfig, work: Path, page: Path, seeds: list[int], seconds: float,
+            census: str, n_genes: int, inputs: Any) -> list[str]:
+    recorded = res.step_seconds(work)
+    return [
+        "# Results: the paper's comparisons on real cells",
+        "",
+        "<!-- GENERATED by `make reproduce` (ssl_census/reproduce); edits are overwritten. -->",
+        "",
+        f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from config "
+        f"`{conf.source}` (`{conf.name}`) at commit `{_git_commit()}`.",
+        "",
+        f"- **Run time**: {seconds / 60:.1f} min for this invocation of `make reproduce` "
+        f"(runs already finished are reused); {recorded / 60:.1f} min of training and "
+        f"evaluation recorded by all runs; {os.cpu_count()} CPU cores, device "
+        f"`{conf.device}`.",
+        f"- **Seeds**: {', '.join(map(str, seeds)) or 'none finished'} "
+        f"(of {', '.join(map(str, conf.seeds))} configured). Each seed re-runs pre-training, "
+        "fine-tuning and the random train/val/test split of the CITE-seq cells.",
+        f"- **Methods**: {', '.join(conf.methods)}.",
+        f"- **Census**: {_link(Path(census), page, census)}, built from `{conf.census_config}` "
+        f"(configs/census) over the shared data folder `{inputs.data_dir}`.",
+        f"- **Gene space**: {n_genes} genes ({_link(work / 'genes.txt', page, 'genes.txt')}): "
+        f"{conf.gene_list}"
+        + (f" restricted to the genes measured by {', '.join(conf.genes_measured_by)}"
+           if conf.genes_measured_by else "") + " (the paper: 19,331 genes).",
+        f"- **Steps**: pre-training {_param(conf, 'pretrain', 'max_steps')} steps of "
+        f"{conf.pretrain.get('data', {}).get('batch_size', 'preset')} cells; fine-tuning "
+        f"{_param(conf, 'celltype', 'max_steps')} (cell type), "
+        f"{_param(conf, 'cross_modality', 'max_steps')} (cross-modality), "
+        f"{_param(conf, 'integration', 'max_steps')} (integration); early stopping on the "
+        "validation loss. The paper trained for days on 22M cells; this is a CPU-sized run.",
+        f"- **Versions**: {_versions()}; {sys.platform}.",
+        "- **Traceability**: every number below is the mean ± sd over seeds of values read "
+        "from the run reports linked in its row (`s0` = seed 0, ...), under "
+        f"{_link(work / 'runs', page, 'work/reproduce/runs')}.",
+        "",
+        "Shard stores (one census, disjoint datasets; splits by tech_sample = dataset/donor):",
+        "",
+        *_store_lines(inputs, page),
+        "",
+    ]
+
+
+def _findings(found: list[fnd.Finding]) -> list[str]:
+    lines = ["## Which of the paper's findings hold on this data", "",
+             "Computed from the tables below: a comparison *holds* when the mean paired "
+             "difference over seeds minus two standard errors is above zero, is *reversed* "
+             "when the mean plus two standard errors is below zero, and is otherwise not "
+             "resolved by this many seeds.", ""]
+    for f in found:
+        lines += [f"- **{f.claim}** (paper: {f.paper}): {f.summary()}."]
+        lines += [f"  - {c.text()}" for c in f.comparisons]
+    return lines + [""]
+
+
+def _section_transfer(conf: ReproduceConfig, table: res.Table, figure: Path,
+                      page: Path) -> list[str]:
+    return [
+        "## 1. Transfer: pre-train on auxiliary data, fine-tune on kang, test on held-out donors",
+        "",
+        "Pre-training on the auxiliary store (every primary 10x dataset but kang's); fine-tuning "
+        "the classifier on kang's training donors; kNN (k = 5) rows classify each test cell by "
+        "its nearest validation-donor cells in the embedding; classifier rows are the head's "
+        "own predictions. The random-init encoder and PCA do not depend on the training seed.",
+        "",
+        table_markdown(table, page),
+        "",
+        f"![macro F1 on held-out kang donors]({_rel(figure, page)})",
+        "",
+    ]
+
+
+def _section_unseen(inputs: Any, table: res.Table, figure: Path, page: Path) -> list[str]:
+    h5ad, label_key = inputs.unseen
+    return [
+        "## 2. Unseen data: IFN-beta stimulated kang cells",
+        "",
+        f"The same models on {_link(h5ad, page, h5ad.name)} (stimulated cells only; in no "
+        f"store, labels `{label_key}`). kNN rows: 5-fold, each fold's cells classified by the "
+        "other folds' cells; classifier rows: the head fine-tuned on control cells, applied "
+        "to every stimulated cell.",
+        "",
+        table_markdown(table, page),
+        "",
+        f"![macro F1 on stimulated cells]({_rel(figure, page)})",
+        "",
+    ]
+
+
+def _section_cross(conf: ReproduceConfig, table: res.Table, figure: Path,
+                   page: Path) -> list[str]:
+    return [
+        "## 3. Cross-modality: RNA to protein on pbmc10k CITE-seq",
+        "",
+        f"`{conf.cross_modality_file}`, target `obsm['{conf.cross_modality_target}']` "
+        "(log1p-normalised), cells split 80/10/10 at random per seed; Pearson on the test "
+        "cells over all entries and per cell. `predict the mean` predicts the training cells' "
+        "mean of each protein.",
+        "",
+        table_markdown(table, page),
+        "",
+        f"![Pearson, RNA to protein]({_rel(figure, page)})",
+        "",
+    ]
+
+
+def _section_integration(conf: ReproduceConfig, tables: dict[str, res.Table],
+                         fig: dict[str, Path], page: Path) -> list[str]:
+    from ssl_census.evaluation.integration import scib_available
+
+    ok, reason = scib_available()
+    lines = [
+        "## 4. Integration: scIB scores across chemistries and platforms",
+        "",
+        "Integration runs (reconstruction with the batch covariate "
+        f"`{conf.integration_batch_key}`) train on the integration store's training split; "
+        "`unsupervised` starts from a random encoder, `SSL` from the pre-trained one, "
+        "`SSL-shallow` fine-tunes only its last layer. Every embedding of a dataset's whole "
+        "h5ad is scored in one scib-metrics Benchmarker (bio conservation, batch correction, "
+        "total = 0.6 bio + 0.4 batch)."
+        + ("" if ok else f" **scib-metrics is not available here: {reason}**"),
+        "",
+    ]
+    for view in conf.integration_sets:
+        table = tables[view.name]
+        lines += [f"### {view.name}: `{view.file}`, batches `{view.batch_key}`, labels "
+                  f"`{view.label_key}`"
+                  + (f", cells with {view.select['column']} in {view.select['values']}"
+                     if view.select else ""), "",
+                  table_markdown(table, page), "",
+                  f"![scIB total, {view.name}]({_rel(fig[f'integration-{view.name}'], page)})",
+                  ""]
+    return lines
+
+
+def _method_notes(conf: ReproduceConfig) -> list[str]:
+    return [
+        "## How this page is made",
+        "",
+        "`make reproduce` runs `ssl-census reproduce --config "
+        f"{conf.name}` (ssl_census/reproduce): it builds the local census (census build-local), "
+        "the shard stores (shards build, with `[query] include_datasets / exclude_datasets`), "
+        "then per seed the pre-training runs (pretrain), fine-tuning runs (finetune), their "
+        "evaluations (evaluate) and the integration benchmark, each through the stage's own "
+        "Python API. A finished run is never redone: delete its directory to redo it. The "
+        "page and figures are rewritten from the reports at the end of every seed.",
+        "",
+    ]
+
+
+def _rel(path: Path, page: Path) -> str:
+    return Path(os.path.relpath(path.resolve(), page.parent.resolve())).as_posix()

@@ -1,0 +1,179 @@
+"""The numbers of the page, read back from the runs' own reports (never recomputed here).
+
+A :class:`Table` has one row per model; a row holds, per metric, one value per seed and the
+report file each value came from, so the page can show mean +- sd and link every source.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ssl_census.reproduce.config import ReproduceConfig
+
+RUN_ENCODER_PREFIXES = ("zero-shot ", "random-init", "PCA-")
+
+
+@dataclass
+class Row:
+    name: str
+    values: dict[str, list[float]] = field(default_factory=dict)
+    seeds: list[int] = field(default_factory=list)
+    sources: list[Path] = field(default_factory=list)
+
+    def add(self, seed: int, source: Path, scores: dict[str, float]) -> None:
+        for metric, v in scores.items():
+            self.values.setdefault(metric, []).append(float(v))
+        self.seeds.append(seed)
+        self.sources.append(source)
+
+    def by_seed(self, metric: str) -> dict[int, float]:
+        return dict(zip(self.seeds, self.values.get(metric, []), strict=False))
+
+
+@dataclass
+class Table:
+    title: str
+    metrics: tuple[str, ...]
+    rows: dict[str, Row] = field(default_factory=dict)
+
+    def row(self, name: str) -> Row:
+        return self.rows.setdefault(name, Row(name))
+
+    def add(self, name: str, seed: int, source: Path, scores: dict[str, float]) -> None:
+        self.row(name).add(seed, source, {m: scores[m] for m in self.metrics})
+
+
+def mean_sd(values: list[float]) -> tuple[float, float]:
+    n = len(values)
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return mean, sd
+
+
+def _read(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _run_encoder_key(knn: dict[str, Any]) -> str:
+    """The kNN entry of the run's own encoder (the others are its baselines)."""
+    own = [k for k in knn if not k.startswith(RUN_ENCODER_PREFIXES)]
+    if len(own) != 1:
+        raise ValueError(f"cannot tell the run's own encoder among {sorted(knn)}")
+    return own[0]
+
+
+def _f1(scores: dict[str, Any]) -> dict[str, float]:
+    plain = scores["plain"] if "plain" in scores else scores
+    return {"macro F1": plain["macro_f1"], "micro F1": plain["micro_f1"]}
+
+
+def _seed_dir(work: Path, seed: int) -> Path:
+    return work / "runs" / f"seed{seed}"
+
+
+def classification_table(conf: ReproduceConfig, work: Path, seeds: list[int], report: str,
+                         title: str) -> Table:
+    """kNN and classifier-head F1 of the cell-type runs, from ``evaluation/<report>.json``."""
+    table = Table(title, ("macro F1", "micro F1"))
+    for seed in seeds:
+        runs = _seed_dir(work, seed) / "celltype"
+        sup_path = runs / "supervised" / "evaluation" / f"{report}.json"
+        sup = _read(sup_path)
+        if sup is None:
+            continue
+        table.add("random-init encoder, kNN", seed, sup_path, _f1(sup["knn"]["random-init"]))
+        table.add("PCA-64, kNN", seed, sup_path, _f1(sup["knn"]["PCA-64"]))
+        table.add("supervised, kNN", seed, sup_path, _f1(sup["knn"][_run_encoder_key(sup["knn"])]))
+        if classifier_scores(sup):
+            table.add("supervised, classifier", seed, sup_path, _f1(classifier_scores(sup)))
+        for method in conf.methods:
+            path = runs / method / "evaluation" / f"{report}.json"
+            rep = _read(path)
+            if rep is None:
+                continue
+            table.add(f"zero-shot {method}, kNN", seed, path,
+                      _f1(rep["knn"][f"zero-shot {method}"]))
+            table.add(f"fine-tuned {method}, kNN", seed, path,
+                      _f1(rep["knn"][_run_encoder_key(rep["knn"])]))
+            if classifier_scores(rep):
+                table.add(f"fine-tuned {method}, classifier", seed, path,
+                          _f1(classifier_scores(rep)))
+    return table
+
+
+def classifier_scores(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The head's scores: on a store ``classifier.plain``; on an h5ad the part of the cells
+    whose labels the run knows (``classifier.scored_on_known_labels``)."""
+    c = report.get("classifier")
+    if not c:
+        return None
+    return c.get("plain") or c.get("scored_on_known_labels")
+
+
+def cross_modality_table(conf: ReproduceConfig, work: Path, seeds: list[int]) -> Table:
+    from ssl_census.tasks.cross_modality import SCORES
+
+    table = Table("RNA to protein, test cells", ("Pearson", "Pearson per cell"))
+    for seed in seeds:
+        runs = _seed_dir(work, seed) / "cross_modality"
+        base_path = runs / "random" / SCORES
+        base = _read(base_path)
+        if base is None:
+            continue
+        table.add("predict the mean", seed, base_path, _pearsons(base["mean_baseline"]))
+        table.add("no pre-training (random init)", seed, base_path, _pearsons(base["model"]))
+        for method in conf.cross_modality_methods:
+            path = runs / method / SCORES
+            rep = _read(path)
+            if rep is not None:
+                table.add(f"SSL {method}", seed, path, _pearsons(rep["model"]))
+    return table
+
+
+def _pearsons(scores: dict[str, Any]) -> dict[str, float]:
+    return {"Pearson": scores["pearson"], "Pearson per cell": scores["pearson_per_cell_mean"]}
+
+
+INTEGRATION_METRICS = ("Bio conservation", "Batch correction", "Total")
+
+
+def integration_tables(conf: ReproduceConfig, work: Path, seeds: list[int]) -> dict[str, Table]:
+    tables = {}
+    for view in conf.integration_sets:
+        table = Table(f"scIB on {view.name}", INTEGRATION_METRICS)
+        for seed in seeds:
+            path = _seed_dir(work, seed) / "integration" / f"scores-{view.name}.json"
+            rep = _read(path)
+            if rep is None or "scores" not in rep:
+                continue
+            for name in ["PCA-64", *rep["runs"]]:
+                if name in rep["scores"]:
+                    table.add(name, seed, path, rep["scores"][name])
+        tables[view.name] = table
+    return tables
+
+
+def finished_seeds(conf: ReproduceConfig, work: Path) -> list[int]:
+    """Seeds whose every integration score file exists (the last step of a seed)."""
+    done = []
+    for seed in conf.seeds:
+        last = [_seed_dir(work, seed) / "integration" / f"scores-{v.name}.json"
+                for v in conf.integration_sets]
+        if all(p.is_file() for p in last):
+            done.append(seed)
+    return done
+
+
+def step_seconds(work: Path) -> float:
+    """Compute time recorded by every finished run and evaluation under ``work``."""
+    from ssl_census.reproduce.runs import DONE
+
+    total = 0.0
+    for path in (work / "runs").rglob("*.json"):
+        if path.name == DONE or path.parent.name == "evaluation" or path.name.startswith("scores-"):
+            total += float(json.loads(path.read_text()).get("seconds", 0.0))
+    return total

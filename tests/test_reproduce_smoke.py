@@ -1,0 +1,132 @@
+"""`make reproduce` orchestration on a tiny configuration (configs/reproduce/smoke.toml) over the
+real local census: the page is generated, every number links to a run report that holds it,
+the stores hold the datasets they were asked for, and a rerun redoes nothing."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from ssl_census.core.errors import UserError
+from ssl_census.reproduce.findings import CONTRADICTED, HOLDS, ONE_SEED, UNCLEAR, compare, verdict
+from ssl_census.reproduce.results import Row
+
+KANG_CTRL = "Kang et al. 2018 PBMC, control (muscat)"
+LINK = re.compile(r"\[s(\d+)\]\(([^)]+)\)")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory, real_census_uri: str, shared_data: Path):
+    from ssl_census.reproduce.pipeline import reproduce
+
+    root = tmp_path_factory.mktemp("reproduce")
+    page = root / "docs" / "results.md"
+    reproduce("smoke", root / "work", page, shared_data, census_uri=real_census_uri)
+    return root / "work", page, real_census_uri, shared_data
+
+
+def _rows(text: str, section: str) -> dict[str, str]:
+    body = text.split(section, 1)[1].split("\n## ", 1)[0]
+    return {line.split("|")[1].strip(): line for line in body.splitlines()
+            if line.startswith("| ") and "±" in line}
+
+
+def test_page_has_every_table_and_the_findings(smoke) -> None:
+    _, page, _, _ = smoke
+    text = page.read_text()
+    transfer = _rows(text, "## 1. Transfer")
+    assert {"random-init encoder, kNN", "PCA-64, kNN", "supervised, kNN", "supervised, classifier",
+            "zero-shot random_mask, kNN", "fine-tuned random_mask, kNN",
+            "fine-tuned random_mask, classifier"} <= set(transfer)
+    assert "fine-tuned random_mask, classifier" in _rows(text, "## 2. Unseen data")
+    assert {"predict the mean", "no pre-training (random init)", "SSL random_mask"} <= set(
+        _rows(text, "## 3. Cross-modality"))
+    findings = text.split("## Which of the paper's findings hold", 1)[1].split("\n## ", 1)[0]
+    assert "one seed only" in findings  # one seed: no uncertainty claimed
+    assert "**Seeds**: 0 " in text and "**Run time**" in text and "**Versions**" in text
+    assert (page.parent / "results" / "transfer-macro-f1.png").stat().st_size > 1000
+
+
+def test_every_number_links_to_the_run_report_that_holds_it(smoke) -> None:
+    work, page, _, _ = smoke
+    text = page.read_text()
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "±" in line]
+    assert len(rows) >= 12
+    for line in rows:
+        links = LINK.findall(line)
+        assert links, line
+        for _, target in links:
+            path = (page.parent / target).resolve()
+            assert path.is_file() and (work / "runs").resolve() in path.parents, line
+    # a value on the page is the value in its report (one seed: mean = the value)
+    row = _rows(text, "## 1. Transfer")["fine-tuned random_mask, classifier"]
+    report = json.loads((page.parent / LINK.findall(row)[0][1]).read_text())
+    shown = float(row.split("|")[2].split("±")[0])
+    assert shown == pytest.approx(report["classifier"]["plain"]["macro_f1"], abs=5e-4)
+
+
+def test_stores_hold_the_selected_datasets_only(smoke) -> None:
+    from ssl_census.census.open import open_census
+    from ssl_census.shards.store import open_shards
+
+    work, _, census, _ = smoke
+    with open_census(uri=census) as c:
+        datasets = c["census_info"]["datasets"].read().concat().to_pandas()
+    kang_ids = set(datasets.loc[datasets["collection_name"].str.startswith("Kang"), "dataset_id"])
+    ctrl = set(datasets.loc[datasets["dataset_title"] == KANG_CTRL, "dataset_id"])
+    seen = {}
+    for name in ("auxiliary", "kang"):
+        store = open_shards(work / "shards" / name)
+        seen[name] = set().union(*(set(store.split(s)[1]["dataset_id"].astype(str))
+                                   for s in ("train", "val", "test")))
+    assert seen["kang"] == ctrl
+    assert seen["auxiliary"] and not seen["auxiliary"] & kang_ids
+    genes = (work / "genes.txt").read_text().split()
+    assert len(open_shards(work / "shards" / "kang").var) == len(genes) < 2000
+
+
+def test_a_rerun_redoes_nothing(smoke, capsys: pytest.CaptureFixture[str]) -> None:
+    from ssl_census.reproduce.pipeline import reproduce
+
+    work, page, census, data = smoke
+    markers = {p: p.stat().st_mtime_ns for p in (work / "runs").rglob("reproduce-step.json")}
+    reproduce("smoke", work, page, data, census_uri=census)
+    out = capsys.readouterr().out
+    assert "[run]" not in out and "[eval]" not in out and "[skip]" in out
+    assert markers == {p: p.stat().st_mtime_ns for p in markers}
+
+
+def test_a_dataset_name_that_matches_nothing_is_refused(real_census_uri: str) -> None:
+    from ssl_census.census.open import open_census
+    from ssl_census.shards.selection import select_datasets
+    from ssl_census.shards.source import read_datasets, read_eligible_obs
+
+    with open_census(uri=real_census_uri) as c:
+        datasets = read_datasets(c)
+        obs = read_eligible_obs(c, "is_primary_data == True")
+    kept = select_datasets(obs, datasets, (KANG_CTRL,), ())
+    assert set(kept["dataset_id"].astype(str)) == set(
+        datasets.loc[datasets["dataset_title"] == KANG_CTRL, "dataset_id"])
+    with pytest.raises(UserError, match="names no dataset"):
+        select_datasets(obs, datasets, (), ("Kang et al. 2018",))
+
+
+def _row(name: str, values: dict[int, float]) -> Row:
+    row = Row(name)
+    for seed, v in values.items():
+        row.add(seed, Path("x"), {"m": v})
+    return row
+
+
+def test_verdicts_follow_the_paired_differences() -> None:
+    a = _row("a", {0: 0.80, 1: 0.82, 2: 0.81})
+    assert compare(a, _row("b", {0: 0.70, 1: 0.71, 2: 0.72}), "m").verdict == HOLDS
+    assert compare(_row("b", {0: 0.70, 1: 0.71, 2: 0.72}), a, "m").verdict == CONTRADICTED
+    noisy = compare(a, _row("c", {0: 0.90, 1: 0.70, 2: 0.80}), "m")
+    assert noisy.verdict == UNCLEAR and noisy.n == 3
+    assert verdict(0.5, 0.0, 1) == ONE_SEED
+    # only seeds both rows have are paired
+    assert compare(a, _row("d", {1: 0.5}), "m").n == 1
