@@ -128,3 +128,16 @@ def test_bad_input_is_a_user_error(kang_store: Path, tmp_path: Path) -> None:
     (incomplete / "manifest.json").unlink()
     with pytest.raises(UserError, match="not an ssl-census shard store"):
         BlockShuffleLoader(incomplete, "train")
+
+
+def test_kept_batches_are_never_overwritten(kang_store: Path) -> None:
+    """Batch arrays are reused only after the caller drops them; kept ones stay intact."""
+    loader = BlockShuffleLoader(kang_store, "train", dense=False, obs_columns=(), **SMALL)
+    ref = stored_matrix(kang_store, "train", "x")
+    kept = list(loader)
+    loader.set_epoch(1)
+    for batch in loader:  # a second epoch, whose dropped batches recycle arrays
+        del batch
+    for batch in kept:
+        rows = batch.index.numpy()
+        np.testing.assert_array_equal(batch.x.to_dense().numpy(), ref[rows].toarray())
