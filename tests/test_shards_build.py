@@ -245,8 +245,8 @@ def test_bad_input_gives_one_line_errors_and_no_store(real_census_uri, shared_da
     genes.write_text("CD3E\nMS4A1\nNOTAGENE\n")
     with pytest.raises(UserError, match="matches only 2"):
         _build(tmp_path / "b", real_census_uri, shared_data, gene_list=str(genes))
-    for d in ("a", "b"):
-        assert not (tmp_path / d / MANIFEST).exists()
+    for d in ("a", "b"):  # refused before anything was written
+        assert not (tmp_path / d).exists()
 
 
 def test_disk_space_problems_are_user_errors(real_census_uri, shared_data, tmp_path,

@@ -117,8 +117,8 @@ def _disk_errors(out: Path) -> Iterator[None]:
         raise
 
 
-def prepare_out_dir(out: Path, build_id: str, request: dict[str, Any]) -> bool:
-    """Claim ``out`` for this build; True when it already holds this build, complete."""
+def check_out_dir(out: Path, build_id: str) -> bool:
+    """Refuse an ``out`` that holds anything but this build; True when it is complete."""
     manifest = read_manifest(out)
     recorded = _read_json(out / BUILD_FILE)
     if manifest is not None and manifest.get("build_id") != build_id:
@@ -132,10 +132,14 @@ def prepare_out_dir(out: Path, build_id: str, request: dict[str, Any]) -> bool:
     if recorded is None and out.exists() and any(p.name != PARTS_DIR for p in out.iterdir()):
         raise UserError(f"{out} is not empty and holds no shard build",
                         "choose an empty or new --out directory")
-    out.mkdir(parents=True, exist_ok=True)
-    if recorded is None:
-        atomic.write_json(out / BUILD_FILE, {"build_id": build_id, **request})
     return False
+
+
+def claim_out_dir(out: Path, build_id: str, request: dict[str, Any]) -> None:
+    """Record in ``out`` which build it is for (what a resumed run checks)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if _read_json(out / BUILD_FILE) is None:
+        atomic.write_json(out / BUILD_FILE, {"build_id": build_id, **request})
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -239,7 +243,7 @@ def build_shards(
         inputs = BuildInputs(spec.identity(), summary, config.to_dict(), space.sha256,
                              ontology.release)
         build_id = inputs.build_id()
-        if prepare_out_dir(out, build_id, {"census": spec.identity(), "config": config.name}):
+        if check_out_dir(out, build_id):
             _clean_up(out, parts_dir is None and not keep_parts)
             return BuildReport(out, read_manifest(out) or {})
         obs = source.read_eligible_obs(census, config.query.value_filter())
@@ -256,6 +260,7 @@ def build_shards(
         raise UserError("no cell type passes the curation thresholds",
                         "lower the thresholds in [curation] or set keep_unlabelled = true")
     check_free_space(out, len(obs))
+    claim_out_dir(out, build_id, {"census": spec.identity(), "config": config.name})
 
     part_root = Path(parts_dir) if parts_dir else out / PARTS_DIR
     part_root.mkdir(parents=True, exist_ok=True)
