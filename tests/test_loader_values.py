@@ -141,3 +141,18 @@ def test_kept_batches_are_never_overwritten(kang_store: Path) -> None:
     for batch in kept:
         rows = batch.index.numpy()
         np.testing.assert_array_equal(batch.x.to_dense().numpy(), ref[rows].toarray())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_batches_are_dense_on_the_device_and_equal_the_stored_values(kang_store: Path) -> None:
+    loader = BlockShuffleLoader(kang_store, "val", layers=("x", "counts"), device="cuda",
+                                obs_columns=("cell_type_code",), **SMALL)
+    ref = {lay: stored_matrix(kang_store, "val", lay) for lay in ("x", "counts")}
+    for batch in loader:
+        rows = batch.index.cpu().numpy()
+        assert batch.obs["cell_type_code"].is_cuda
+        for lay in ("x", "counts"):
+            t = batch.layers[lay]
+            assert t.is_cuda and t.layout == torch.strided
+            np.testing.assert_array_equal(t.cpu().numpy(), ref[lay][rows].toarray())
