@@ -384,7 +384,9 @@ def write_reports(report: dict[str, Any], json_path: Path, plots_on: bool = True
         plots.embedding_plot(xy, how, {k: v[keep] for k, v in colourings.items()},
                              embedded.name, path)
         written.append(path)
-        per_class = {n: s["per_class"] for n, s in report["knn"].items()}
+        per_class = {f"kNN: {n}": s["per_class"] for n, s in report["knn"].items()}
+        if report.get("classifier") and "per_class" in report["classifier"]:
+            per_class["classifier head"] = report["classifier"]["per_class"]
         path = Path(f"{stem}-f1-vs-abundance.png")
         plots.f1_abundance_plot(per_class, path)
         written.append(path)
