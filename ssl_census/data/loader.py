@@ -289,6 +289,7 @@ class BlockShuffleLoader:
             "epoch": self.epoch,
             "batch": self._start_batch + self._yielded,
             "seed": self.seed,
+            "split": self.split_name,
             "n_cells": self.n_cells,
             "batch_size": self.batch_size,
             "block_size": self.block_size,
