@@ -150,7 +150,7 @@ def test_shallow_integration_moves_only_the_last_encoder_layer(work):
 def test_reconstruction_is_scored_with_explained_variance(work):
     out = work["root"] / "recon"
     _ok(["finetune", "--task", "reconstruction", "--shards", work["shards"], "--init",
-         "random", "--out", out, "--max-steps", "40", *SMALL])
+         "random", "--out", out, "--max-steps", "80", *SMALL])
     losses = [m["loss"] for m in RunDir(out).metrics() if m["split"] == "train"]
     assert losses[-1] < losses[0]
     path = work["root"] / "recon.json"
