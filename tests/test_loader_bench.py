@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 from loader_support import build_kang_store
 
-from ssl_census.benchmarks.loader_bench import batch_entropy
+from ssl_census.benchmarks.loader_bench import batch_entropy, shuffle_quality
 from ssl_census.cli import main
 
 
@@ -26,6 +26,11 @@ def test_batch_entropy_tells_mixed_from_sorted_batches() -> None:
     assert batch_entropy(labels, [500] * 16) == 0.0
     # a trailing partial batch is left out
     assert batch_entropy(labels[:1100], [1000, 100]) == 0.0
+    # quality is judged against a permutation of the same cells, whatever their label mix
+    assert shuffle_quality(labels, [500] * 16) == 0.0
+    two = np.repeat([0, 1], [7000, 1000])  # a skewed mix
+    assert shuffle_quality(np.random.default_rng(1).permutation(two), [500] * 16) == \
+        pytest.approx(1.0, abs=0.05)
 
 
 def test_bench_loader_cli_writes_the_figures(kang_store: Path, tmp_path: Path) -> None:
