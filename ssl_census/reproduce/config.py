@@ -37,6 +37,9 @@ class ReproduceConfig:
     census_config: str
     gene_list: str
     genes_measured_by: tuple[str, ...]
+    genes_add_set_members: tuple[str, ...]
+    genes_add_set_regulators: tuple[str, ...]
+    method_options: dict[str, dict[str, Any]]
     shards_base: str
     shards_workers: int
     stores: dict[str, dict[str, Any]]
@@ -50,6 +53,7 @@ class ReproduceConfig:
     integration_methods: tuple[str, ...]
     integration_batch_key: str
     integration_sets: tuple[H5adView, ...]
+    integration_max_cells: int
     device: str = "cpu"
     threads: int | None = None
     source: str = ""
@@ -108,6 +112,9 @@ def load_reproduce_config(path: str | Path) -> ReproduceConfig:
         census_config=str(_require(raw.get("census", {}), "config", "census.")),
         gene_list=str(_require(raw.get("genes", {}), "list", "genes.")),
         genes_measured_by=tuple(raw.get("genes", {}).get("measured_by", ())),
+        genes_add_set_members=tuple(raw.get("genes", {}).get("add_set_members", ())),
+        genes_add_set_regulators=tuple(raw.get("genes", {}).get("add_set_regulators", ())),
+        method_options={m: dict(v) for m, v in raw.get("method_options", {}).items()},
         shards_base=str(_require(raw["shards"], "base", "shards.")),
         shards_workers=int(raw["shards"].get("workers", 1)),
         stores=stores,
@@ -122,6 +129,7 @@ def load_reproduce_config(path: str | Path) -> ReproduceConfig:
         integration_batch_key=str(integ.get("batch_key", "dataset_id")),
         integration_sets=tuple(_view(d, d.get("name", f"set{i}"))
                                for i, d in enumerate(integ.get("datasets", []))),
+        integration_max_cells=int(integ.get("max_cells", 20_000)),
         device=str(raw.get("device", "cpu")),
         threads=raw.get("threads"),
         source=str(path),

@@ -53,22 +53,38 @@ def _measured_gene_names(census_uri: str, titles: tuple[str, ...]) -> set[str]:
     return set(var.loc[var["soma_joinid"].isin(genes), "feature_name"].astype(str))
 
 
+def _gene_set_genes(conf: ReproduceConfig, data_dir: Path) -> set[str]:
+    """Members of ``genes.add_set_members`` GMTs and the transcription factors named by
+    ``genes.add_set_regulators`` GMTs (``<TF>_TARGET_GENES``), so gene-programme methods find
+    their programmes in a reduced gene space."""
+    from ssl_census.pretext.gene_programmes import TF_SUFFIX, read_gmt
+
+    out: set[str] = set()
+    for gmt in conf.genes_add_set_members:
+        out.update(g for genes in read_gmt(data_dir / gmt).values() for g in genes)
+    for gmt in conf.genes_add_set_regulators:
+        out.update(n[: -len(TF_SUFFIX)] for n in read_gmt(data_dir / gmt) if n.endswith(TF_SUFFIX))
+    return out
+
+
 def ensure_gene_list(conf: ReproduceConfig, work: Path, data_dir: Path, census_uri: str) -> Path:
     """The model gene list (text, one symbol a line): the configured list, restricted to the
     genes measured by ``genes.measured_by`` when that is set."""
     out = work / "genes.txt"
     if out.is_file():
         return out
-    listed = pd.read_parquet(data_dir / conf.gene_list)["gene_names"].astype(str)
+    listed = set(pd.read_parquet(data_dir / conf.gene_list)["gene_names"].astype(str))
     names = set(listed)
     if conf.genes_measured_by:
         names &= _measured_gene_names(census_uri, conf.genes_measured_by)
+    names |= _gene_set_genes(conf, data_dir) & listed
     if not names:
         raise UserError("the gene list is empty after restricting it to measured genes",
                         "check [genes] measured_by")
     atomic.write_text(out, "\n".join(sorted(names)) + "\n")
     print(f"[genes] {len(names)} genes of {conf.gene_list}"
-          + (f" measured by {', '.join(conf.genes_measured_by)}" if conf.genes_measured_by else ""))
+          + (f" (measured by {', '.join(conf.genes_measured_by)}, plus gene-set genes)"
+             if conf.genes_measured_by else ""))
     return out
 
 

@@ -91,6 +91,8 @@ class Finding:
             return f"holds in all {total} comparison(s)"
         if counts.get(CONTRADICTED, 0) == total:
             return f"does not hold: reversed in all {total} comparison(s)"
+        if len(counts) == 1:
+            return f"{next(iter(counts))} in all {total} comparison(s)"
         parts = [f"{n} {v}" for v, n in counts.items()]
         return "mixed: " + ", ".join(parts) + f" (of {total})"
 

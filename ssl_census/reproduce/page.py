@@ -123,7 +123,7 @@ def _param(conf: ReproduceConfig, stage: str, key: str) -> Any:
 
 def write_page(conf: ReproduceConfig, work: Path, page: Path, inputs: Any, census: str,
                genes: Path, seconds: float) -> Path:
-    seeds = res.finished_seeds(conf, work)
+    seeds = list(conf.seeds)  # a table row shows how many of them have finished
     transfer = res.classification_table(conf, work, seeds, "kang", "Held-out kang donors")
     unseen = res.classification_table(conf, work, seeds, "unseen", "Stimulated kang cells")
     cross = res.cross_modality_table(conf, work, seeds)
@@ -169,16 +169,20 @@ def _header(conf: ReproduceConfig, work: Path, page: Path, seeds: list[int], sec
         f"(runs already finished are reused); {recorded / 60:.1f} min of training and "
         f"evaluation recorded by all runs; {os.cpu_count()} CPU cores, device "
         f"`{conf.device}`.",
-        f"- **Seeds**: {', '.join(map(str, seeds)) or 'none finished'} "
-        f"(of {', '.join(map(str, conf.seeds))} configured). Each seed re-runs pre-training, "
-        "fine-tuning and the random train/val/test split of the CITE-seq cells.",
+        f"- **Seeds**: {', '.join(map(str, seeds))} configured; the `seeds` column of each "
+        "row says how many of them the row's mean and sd are over. Each seed re-runs "
+        "pre-training, fine-tuning and the random train/val/test split of the CITE-seq cells.",
         f"- **Methods**: {', '.join(conf.methods)}.",
         f"- **Census**: {_link(Path(census), page, census)}, built from `{conf.census_config}` "
         f"(configs/census) over the shared data folder `{inputs.data_dir}`.",
         f"- **Gene space**: {n_genes} genes ({_link(work / 'genes.txt', page, 'genes.txt')}): "
         f"{conf.gene_list}"
         + (f" restricted to the genes measured by {', '.join(conf.genes_measured_by)}"
-           if conf.genes_measured_by else "") + " (the paper: 19,331 genes).",
+           if conf.genes_measured_by else "")
+        + (f", plus the members of {', '.join(conf.genes_add_set_members)}"
+           if conf.genes_add_set_members else "")
+        + (f", plus the regulators named by {', '.join(conf.genes_add_set_regulators)}"
+           if conf.genes_add_set_regulators else "") + " (the paper: 19,331 genes).",
         f"- **Steps**: pre-training {_param(conf, 'pretrain', 'max_steps')} steps of "
         f"{conf.pretrain.get('data', {}).get('batch_size', 'preset')} cells; fine-tuning "
         f"{_param(conf, 'celltype', 'max_steps')} (cell type), "

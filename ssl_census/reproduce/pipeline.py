@@ -9,7 +9,7 @@ from pathlib import Path
 from ssl_census.core.errors import UserError
 from ssl_census.reproduce import data
 from ssl_census.reproduce.config import load_reproduce_config
-from ssl_census.reproduce.runs import Experiment, Inputs
+from ssl_census.reproduce.runs import PHASES, Experiment, Inputs
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
@@ -44,12 +44,14 @@ def reproduce(config: str | os.PathLike[str], work: str | os.PathLike[str],
     inputs = Inputs(stores=stores, unseen=data.ensure_view(conf, conf.unseen, work, folder),
                     integration=integration, data_dir=folder)
     experiment = Experiment(conf, work, inputs)
-    for i, seed in enumerate(conf.seeds):
-        print(f"== seed {seed} ({i + 1} of {len(conf.seeds)}), "
-              f"{(time.perf_counter() - t0) / 60:.1f} min so far", flush=True)
-        experiment.run_seed(seed)
-        # the page after every seed: an interrupted reproduce still leaves a true page
-        out = write_page(conf, work, Path(page), inputs, census, genes,
-                         seconds=time.perf_counter() - t0)
+    # phase by phase over all seeds, the page rewritten after each step: a reproduce stopped
+    # early leaves a true page whose tables have every seed finished so far
+    for phase in PHASES:
+        for seed in conf.seeds:
+            print(f"== {phase}, seed {seed}: {(time.perf_counter() - t0) / 60:.1f} min so far",
+                  flush=True)
+            experiment.run_phase(phase, seed)
+            out = write_page(conf, work, Path(page), inputs, census, genes,
+                             seconds=time.perf_counter() - t0)
     print(f"wrote {out} ({(time.perf_counter() - t0) / 60:.1f} min)")
     return out

@@ -157,17 +157,6 @@ def integration_tables(conf: ReproduceConfig, work: Path, seeds: list[int]) -> d
     return tables
 
 
-def finished_seeds(conf: ReproduceConfig, work: Path) -> list[int]:
-    """Seeds whose every integration score file exists (the last step of a seed)."""
-    done = []
-    for seed in conf.seeds:
-        last = [_seed_dir(work, seed) / "integration" / f"scores-{v.name}.json"
-                for v in conf.integration_sets]
-        if all(p.is_file() for p in last):
-            done.append(seed)
-    return done
-
-
 def step_seconds(work: Path) -> float:
     """Compute time recorded by every finished run and evaluation under ``work``."""
     from ssl_census.reproduce.runs import DONE

@@ -107,6 +107,7 @@ class Experiment:
         gene_sets = self.conf.gene_sets.get(method)
         cfg = _stage_config(method, "pretrain", self.conf.pretrain, {
             "method": method, "device": self.conf.device, "train": {"seed": seed},
+            "options": self.conf.method_options.get(method, {}),
             "gene_sets": str(self.inputs.data_dir / gene_sets) if gene_sets else None})
         once(out, f"pretrain {method} seed {seed}",
              lambda: run_pretraining(cfg, self.inputs.stores["auxiliary"], out))
@@ -174,20 +175,34 @@ class Experiment:
             print(f"[eval] integration scores seed {seed} ({ds}) -> {out}", flush=True)
             t0 = time.perf_counter()
             scores = integration_benchmark(runs, h5ad, label_key, batch_key, seed,
-                                           self.conf.device)
+                                           self.conf.device, self.conf.integration_max_cells)
             atomic.write_json(out, {**scores, "seconds": round(time.perf_counter() - t0, 2)})
 
-    def run_seed(self, seed: int) -> None:
+    def pretrained(self, seed: int) -> dict[str, Path]:
+        """Every method's pre-training run of ``seed`` (trained here unless done)."""
         methods = dict.fromkeys((*self.conf.methods, *self.conf.cross_modality_methods,
                                  *self.conf.integration_methods))
-        pretrained = {m: self.pretrain(seed, m) for m in methods}
-        self.transfer(seed, {m: pretrained[m] for m in self.conf.methods})
-        self.cross_modality(seed, pretrained)
-        self.integration(seed, pretrained)
+        return {m: self.pretrain(seed, m) for m in methods}
+
+    def run_phase(self, phase: str, seed: int) -> None:
+        """One part of the experiment for one seed: ``transfer`` (with the pre-training),
+        ``cross_modality`` or ``integration``."""
+        pretrained = self.pretrained(seed)
+        if phase == "transfer":
+            self.transfer(seed, {m: pretrained[m] for m in self.conf.methods})
+        elif phase == "cross_modality":
+            self.cross_modality(seed, pretrained)
+        elif phase == "integration":
+            self.integration(seed, pretrained)
+        else:
+            raise ValueError(f"unknown phase {phase!r}")
+
+
+PHASES = ("transfer", "cross_modality", "integration")
 
 
 def integration_benchmark(runs: dict[str, Path], h5ad: Path, label_key: str, batch_key: str,
-                          seed: int, device: str) -> dict[str, Any]:
+                          seed: int, device: str, max_cells: int = 20_000) -> dict[str, Any]:
     """scIB scores (evaluation.integration) of each run's embedding of ``h5ad`` and of the PCA
     baseline, in one benchmark; ``runs`` maps a row name to its run directory."""
     from ssl_census.evaluation.embed import apply_to_matrix
@@ -212,7 +227,7 @@ def integration_benchmark(runs: dict[str, Path], h5ad: Path, label_key: str, bat
     obs = cells.adata.obs
     result = integration_scores(embeddings, obs[label_key].astype(str).to_numpy(),
                                 obs[batch_key].astype(str).to_numpy(), baseline=baseline,
-                                seed=seed)
+                                max_cells=max_cells, seed=seed)
     return {"h5ad": str(h5ad), "label_key": label_key, "batch_key": batch_key,
             "genes_matched": int(cells.match.n_matched),
             "runs": {name: str(run) for name, run in runs.items()}, **result}
