@@ -78,6 +78,7 @@ def test_celltype_from_pretrained_is_evaluated_beside_its_baselines(work):
          "--out", out, "--max-steps", "120", *SMALL])
     card = RunDir(out).card
     assert card["task"] == "celltype" and card["init_method"] == "random_mask"
+    assert card["init"] == str(work["pre"].resolve())
     assert (out / "var.parquet").is_file() and (out / "labels.parquet").is_file()
     report_path = work["root"] / "report" / "ct.json"
     r = _ok(["evaluate", "--run", out, "--shards", work["shards"], "--json", report_path,
@@ -171,6 +172,8 @@ def test_rna_to_protein_beats_predicting_the_mean(work, shared_data):
     assert scores["model"]["pearson"] > scores["mean_baseline"]["pearson"]
     assert scores["mse_model"] < scores["mse_mean_baseline"]
     assert "test_pearson" in r.output
+    # the run reads the gene space of the store, so evaluate accepts it on that store
+    assert RunDir(out).card["gene_list_sha256"] == RunDir(work["pre"]).card["gene_list_sha256"]
 
 
 def test_bad_input_is_one_line_errors(work, shared_data, tmp_path):

@@ -213,10 +213,16 @@ def run_finetune(task: str, config: dict[str, Any], out: Path, init: str,
 
         if h5ad is None:
             raise UserError("the cross_modality task reads an h5ad", "pass --h5ad")
-        var = run_gene_space(init) if init != "random" else _var_of(shards)
-        encoder, init_card = initial_encoder(init, len(var), model)
+        if init != "random":
+            var = run_gene_space(init)
+            encoder, init_card = initial_encoder(init, len(var), model)
+            card = _card_from_init(init_card, encoder)
+        else:
+            store = _store_for_random_init(shards)
+            var = store.var
+            encoder, init_card = initial_encoder(init, store.n_genes, model, store)
+            card = model_card(f"finetune:{task}", store, _encoder_shape(encoder))
         td = cross_modality_data(h5ad, var, config, train_cfg.seed, device)
-        card = _card_without_store(var, model, encoder)
     else:
         if shards is None:
             raise UserError(f"the {task} task trains on a shard store", "pass --shards")
@@ -228,7 +234,8 @@ def run_finetune(task: str, config: dict[str, Any], out: Path, init: str,
     if config.get("shallow"):
         freeze_all_but_last_layer(encoder)
     objective = build_objective(task, encoder, td.spec)
-    card.update(method=f"finetune:{task}", task=task, task_spec=td.spec, init=str(init),
+    init_path = init if init == "random" else str(Path(init).resolve())
+    card.update(method=f"finetune:{task}", task=task, task_spec=td.spec, init=init_path,
                 init_method=(init_card or {}).get("method", "random"),
                 shallow=bool(config.get("shallow", False)))
     run = RunDir.create(out, config, card, resume)
@@ -249,22 +256,20 @@ def _encoder_shape(encoder: Encoder) -> dict[str, Any]:
     return {"hidden": list(encoder.hidden), "dropout": encoder.dropout}
 
 
-def _var_of(shards: Path | None) -> pd.DataFrame:
+def _store_for_random_init(shards: Path | None) -> ShardStore:
     if shards is None:
         raise UserError("--init random needs a gene space",
                         "pass --shards (its var.parquet is the gene space)")
-    return open_shards(shards).var
+    return open_shards(shards)
 
 
-def _card_without_store(var: pd.DataFrame, model: dict[str, Any],
-                        encoder: Encoder) -> dict[str, Any]:
-    import hashlib
-
+def _card_from_init(init_card: dict[str, Any], encoder: Encoder) -> dict[str, Any]:
+    """A run trained off any store keeps the gene space (and store) of the run it starts from."""
     from ssl_census import __version__
 
-    sha = hashlib.sha256("\n".join(var["feature_id"].astype(str)).encode()).hexdigest()
-    return {"tool_version": __version__, "gene_list_sha256": sha, "n_genes": len(var),
-            "encoder": {"n_genes": len(var), **_encoder_shape(encoder)}, "step": 0,
+    keep = ("gene_list_sha256", "n_genes", "shards")
+    return {"tool_version": __version__, **{k: init_card[k] for k in keep if k in init_card},
+            "encoder": {"n_genes": encoder.n_genes, **_encoder_shape(encoder)}, "step": 0,
             "best_val_loss": None}
 
 
