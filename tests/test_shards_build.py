@@ -307,3 +307,24 @@ def test_sctab_rule_without_unlabelled_cells(real_shards_dir, real_census_uri, s
     with pytest.raises(UserError, match="no cell type passes"):
         _build(tmp_path / "sctab", real_census_uri, shared_data,
                config=str(CONFIG_ROOT / "shards" / "sctab-2023-05-15.toml"))
+
+
+def test_unknown_census_version_lists_the_available_ones(tmp_path, monkeypatch):
+    import cellxgene_census
+    from click.testing import CliRunner
+
+    from ssl_census.cli import main
+
+    def no_such_version(census_version=None, **_kw):
+        raise ValueError(f"The census_version {census_version!r} is not valid")
+
+    # the release directory as cellxgene_census would fetch it (no network here)
+    monkeypatch.setattr(cellxgene_census, "open_soma", no_such_version)
+    monkeypatch.setattr(cellxgene_census, "get_census_version_directory",
+                        lambda **_kw: {"2023-05-15": {}, "2023-07-25": {}, "stable": {}})
+    res = CliRunner().invoke(main, ["shards", "build", "--out", str(tmp_path / "s"),
+                                    "--census-version", "1999-01-01", "--config", "local-pbmc"])
+    assert res.exit_code == 2
+    assert "unknown census version '1999-01-01'" in res.output and "2023-05-15" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+    assert not (tmp_path / "s").exists()
