@@ -264,7 +264,8 @@ def build_shards(
 
     part_root = Path(parts_dir) if parts_dir else out / PARTS_DIR
     part_root.mkdir(parents=True, exist_ok=True)
-    main_bytes = parts.PROCESS_BASELINE + int(obs.memory_usage(deep=True).sum())
+    # the main process holds the eligible obs twice while the tasks take their slices
+    main_bytes = parts.PROCESS_BASELINE + 2 * int(obs.memory_usage(deep=True).sum())
     tasks = plan_parts(obs, fingerprints, space, config, spec, part_root,
                        parts.cells_per_part(memory_budget, workers, main_bytes))
     del obs
