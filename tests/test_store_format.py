@@ -46,7 +46,8 @@ def test_checksum_sees_a_flipped_byte(tmp_path):
     w.append(m.indptr, m.indices, m.data, m.data)
     w.close()
     before = store.tree_checksum(tmp_path / "X.zarr")
-    f = next(p for p in (tmp_path / "X.zarr" / "data").rglob("*") if p.is_file() and p.name != "zarr.json")
+    shard_files = (tmp_path / "X.zarr" / "data").rglob("*")
+    f = next(p for p in shard_files if p.is_file() and p.name != "zarr.json")
     raw = bytearray(f.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     f.write_bytes(bytes(raw))

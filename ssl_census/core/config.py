@@ -30,7 +30,9 @@ def load_toml(path: str | Path, kind: str | None = None) -> dict[str, Any]:
         with open(p, "rb") as f:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{p} is not valid TOML ({e})", "fix the syntax at the position shown") from None
+        raise UserError(
+            f"{p} is not valid TOML ({e})", "fix the syntax at the position shown"
+        ) from None
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
