@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssl_census.core.config import load_toml
+from ssl_census.core.config import load_toml, merge
 from ssl_census.core.errors import UserError
 from ssl_census.pretext import METHODS
 
@@ -88,6 +88,8 @@ def _view(raw: dict[str, Any], name: str) -> H5adView:
 def load_reproduce_config(path: str | Path) -> ReproduceConfig:
     """Read and check a reproduce config (a TOML path or a preset name)."""
     raw = load_toml(path, kind="reproduce")
+    if "extends" in raw:  # a variant: the base preset with this file's keys laid over it
+        raw = merge(load_toml(raw.pop("extends"), kind="reproduce"), raw)
     methods = _methods(list(_require(raw, "methods", "")), "methods")
     seeds = tuple(int(s) for s in _require(raw, "seeds", ""))
     if not seeds or len(set(seeds)) != len(seeds):

@@ -95,7 +95,8 @@ def shards_config(conf: ReproduceConfig, name: str) -> Any:
     base = load_shards_config(conf.shards_base)
     query = {k: tuple(v) if isinstance(v, list) else v for k, v in conf.stores[name].items()}
     try:
-        return replace(base, name=f"{conf.name}-{name}", query=replace(base.query, **query))
+        # named by the store alone: configs that extend one another share their stores
+        return replace(base, name=f"reproduce-{name}", query=replace(base.query, **query))
     except TypeError as e:
         raise UserError(f"[shards.stores.{name}] has an unknown key ({e})",
                         "use keys of the shards [query] section") from None

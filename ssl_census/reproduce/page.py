@@ -156,7 +156,7 @@ def write_page(conf: ReproduceConfig, work: Path, page: Path, inputs: Any, censu
 
 def _header(conf: ReproduceConfig, work: Path, page: Path, seeds: list[int], seconds: float,
             census: str, n_genes: int, inputs: Any) -> list[str]:
-    recorded = res.step_seconds(work)
+    recorded = res.step_seconds(conf, work)
     return [
         "# Results: the paper's comparisons on real cells",
         "",
@@ -192,7 +192,7 @@ def _header(conf: ReproduceConfig, work: Path, page: Path, seeds: list[int], sec
         f"- **Versions**: {_versions()}; {sys.platform}.",
         "- **Traceability**: every number below is the mean ± sd over seeds of values read "
         "from the run reports linked in its row (`s0` = seed 0, ...), under "
-        f"{_link(work / 'runs', page, 'work/reproduce/runs')}.",
+        f"{_link(res.runs_root(conf, work), page, 'the runs of this config')}.",
         "",
         "Shard stores (one census, disjoint datasets; splits by tech_sample = dataset/donor):",
         "",

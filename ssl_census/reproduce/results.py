@@ -71,8 +71,13 @@ def _f1(scores: dict[str, Any]) -> dict[str, float]:
     return {"macro F1": plain["macro_f1"], "micro F1": plain["micro_f1"]}
 
 
-def _seed_dir(work: Path, seed: int) -> Path:
-    return work / "runs" / f"seed{seed}"
+def runs_root(conf: ReproduceConfig, work: Path) -> Path:
+    """Runs of one config (configs extending one another share the data under ``work``)."""
+    return work / "runs" / conf.name
+
+
+def _seed_dir(conf: ReproduceConfig, work: Path, seed: int) -> Path:
+    return runs_root(conf, work) / f"seed{seed}"
 
 
 def classification_table(conf: ReproduceConfig, work: Path, seeds: list[int], report: str,
@@ -80,7 +85,7 @@ def classification_table(conf: ReproduceConfig, work: Path, seeds: list[int], re
     """kNN and classifier-head F1 of the cell-type runs, from ``evaluation/<report>.json``."""
     table = Table(title, ("macro F1", "micro F1"))
     for seed in seeds:
-        runs = _seed_dir(work, seed) / "celltype"
+        runs = _seed_dir(conf, work, seed) / "celltype"
         sup_path = runs / "supervised" / "evaluation" / f"{report}.json"
         sup = _read(sup_path)
         if sup is None:
@@ -119,7 +124,7 @@ def cross_modality_table(conf: ReproduceConfig, work: Path, seeds: list[int]) ->
 
     table = Table("RNA to protein, test cells", ("Pearson", "Pearson per cell"))
     for seed in seeds:
-        runs = _seed_dir(work, seed) / "cross_modality"
+        runs = _seed_dir(conf, work, seed) / "cross_modality"
         base_path = runs / "random" / SCORES
         base = _read(base_path)
         if base is None:
@@ -146,7 +151,7 @@ def integration_tables(conf: ReproduceConfig, work: Path, seeds: list[int]) -> d
     for view in conf.integration_sets:
         table = Table(f"scIB on {view.name}", INTEGRATION_METRICS)
         for seed in seeds:
-            path = _seed_dir(work, seed) / "integration" / f"scores-{view.name}.json"
+            path = _seed_dir(conf, work, seed) / "integration" / f"scores-{view.name}.json"
             rep = _read(path)
             if rep is None or "scores" not in rep:
                 continue
@@ -157,12 +162,12 @@ def integration_tables(conf: ReproduceConfig, work: Path, seeds: list[int]) -> d
     return tables
 
 
-def step_seconds(work: Path) -> float:
+def step_seconds(conf: ReproduceConfig, work: Path) -> float:
     """Compute time recorded by every finished run and evaluation under ``work``."""
     from ssl_census.reproduce.runs import DONE
 
     total = 0.0
-    for path in (work / "runs").rglob("*.json"):
+    for path in runs_root(conf, work).rglob("*.json"):
         if path.name == DONE or path.parent.name == "evaluation" or path.name.startswith("scores-"):
             total += float(json.loads(path.read_text()).get("seconds", 0.0))
     return total

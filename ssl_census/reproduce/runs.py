@@ -5,15 +5,15 @@ the stage's summary and the seconds it took); a directory without it is the rema
 interrupted run and is started again. An evaluation is done when its report JSON exists
 (the evaluation stage writes it atomically).
 
-Layout under the work directory::
+Layout under the work directory (``<R>`` = ``runs/<config name>``)::
 
-    runs/seed<S>/pretrain/<method>                     ssl-census pretrain on the auxiliary store
-    runs/seed<S>/celltype/{supervised,<method>}        finetune --task celltype on kang
+    <R>/seed<S>/pretrain/<method>                     ssl-census pretrain on the auxiliary store
+    <R>/seed<S>/celltype/{supervised,<method>}        finetune --task celltype on kang
         evaluation/kang.json                           evaluate on kang's held-out donors
         evaluation/unseen.json                         evaluate on the stimulated cells (h5ad)
-    runs/seed<S>/cross_modality/{random,<method>}      finetune --task cross_modality
-    runs/seed<S>/integration/{unsupervised,<m>,<m>-shallow}   finetune --task integration
-    runs/seed<S>/integration/scores-<dataset>.json     scIB of those runs and PCA, in one
+    <R>/seed<S>/cross_modality/{random,<method>}      finetune --task cross_modality
+    <R>/seed<S>/integration/{unsupervised,<m>,<m>-shallow}   finetune --task integration
+    <R>/seed<S>/integration/scores-<dataset>.json     scIB of those runs and PCA, in one
                                                        benchmark
 """
 
@@ -30,6 +30,7 @@ from typing import Any
 from ssl_census.core import atomic
 from ssl_census.core.config import load_toml, merge
 from ssl_census.reproduce.config import ReproduceConfig
+from ssl_census.reproduce.results import runs_root
 
 DONE = "reproduce-step.json"
 
@@ -90,7 +91,7 @@ class Experiment:
         self.conf, self.work, self.inputs = conf, work, inputs
 
     def _dir(self, seed: int, *parts: str) -> Path:
-        return self.work / "runs" / f"seed{seed}" / Path(*parts)
+        return runs_root(self.conf, self.work) / f"seed{seed}" / Path(*parts)
 
     def _eval_options(self, seed: int, batch_key: str | None = None) -> Any:
         from ssl_census.evaluation.report import EvalOptions
