@@ -63,9 +63,15 @@ class Decoder(nn.Module):
 def mlp_head(
     in_dim: int, hidden: int, out_dim: int, batch_norm: bool = True
 ) -> nn.Sequential:
-    """A two-layer head (projector, predictor, classifier): Linear [-> BN] -> ReLU -> Linear."""
+    """A two-layer head (projector, predictor): Linear [-> BatchNorm] -> ReLU -> Linear.
+
+    The BatchNorm always normalises with the statistics of the batch at hand, in evaluation
+    too: running averages gathered under training-time dropout misplace the ReLU in eval mode
+    (Barlow twins' validation loss rose while its training loss fell), and these heads only
+    ever see large pre-training batches and are dropped afterwards.
+    """
     layers: list[nn.Module] = [nn.Linear(in_dim, hidden)]
     if batch_norm:
-        layers.append(nn.BatchNorm1d(hidden))
+        layers.append(nn.BatchNorm1d(hidden, track_running_stats=False))
     layers += [nn.ReLU(inplace=True), nn.Linear(hidden, out_dim)]
     return nn.Sequential(*layers)
