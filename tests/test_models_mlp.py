@@ -34,3 +34,11 @@ def test_eval_mode_is_deterministic_and_heads_have_their_shape():
     x = torch.randn(5, 50)
     assert torch.equal(enc(x), enc(x))
     assert mlp_head(4, 32, 7)(torch.randn(5, 4)).shape == (5, 7)
+
+
+def test_ssl_heads_normalise_with_batch_statistics_in_eval_too():
+    head = mlp_head(8, 32, 4)
+    x = torch.randn(64, 8) * 5 + 3
+    train_out = head.train()(x)
+    assert torch.allclose(head.eval()(x), train_out)
+    assert not list(head.buffers())  # no running statistics to drift from the batch
