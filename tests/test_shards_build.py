@@ -309,6 +309,37 @@ def test_sctab_rule_without_unlabelled_cells(real_shards_dir, real_census_uri, s
                config=str(CONFIG_ROOT / "shards" / "sctab-2023-05-15.toml"))
 
 
+def test_a_split_without_cells_is_written_empty_and_verifies(real_shards_dir, real_census_uri,
+                                                             shared_data, tmp_path):
+    """zheng_sorted alone has one donor, so two of the three splits get no cell."""
+    from ssl_census.data import BlockShuffleLoader
+    from ssl_census.shards.verify import verify_shards
+
+    text = (CONFIG_ROOT / "shards" / "local-pbmc.toml").read_text()
+    one_donor = tmp_path / "one-donor.toml"
+    zheng = "Zheng et al. 2017 FACS-sorted PBMC populations"
+    one_donor.write_text(text.replace("[query]\n", f'[query]\ninclude_datasets = ["{zheng}"]\n'))
+    out = tmp_path / "one-donor"
+    _build(out, real_census_uri, shared_data, config=str(one_donor),
+           parts_dir=real_shards_dir.parent / "parts-cache")
+    store = open_shards(out)
+    sizes = {s: store.manifest["splits"][s]["n_cells"] for s in SPLITS}
+    assert sorted(sizes.values())[:2] == [0, 0] and sum(sizes.values()) > 2_000
+    assert verify_shards(out).ok
+    empty = [s for s in SPLITS if sizes[s] == 0]
+    full = next(s for s in SPLITS if sizes[s])
+    columns = list(store.split(full)[1].columns)
+    for s in empty:
+        X, obs = store.split(s)
+        assert X.n_cells == X.nnz == 0 and list(X.indptr[:]) == [0]
+        assert obs.empty and list(obs.columns) == columns
+    # training on an empty split is refused with a one-line error
+    with pytest.raises(UserError, match="has no cells"):
+        BlockShuffleLoader(out, split=empty[0], batch_size=64)
+    loader = BlockShuffleLoader(out, split=full, batch_size=512, workers=1)
+    assert sum(len(b.index) for b in loader) == sizes[full]
+
+
 def test_unknown_census_version_lists_the_available_ones(tmp_path, monkeypatch):
     import cellxgene_census
     from click.testing import CliRunner

@@ -20,7 +20,7 @@ from pandas.api.types import union_categoricals
 
 from ssl_census.core.progress import progress
 from ssl_census.shards.csr import concat_rows, take_rows
-from ssl_census.shards.parts import PROCESS_BASELINE, open_part_arrays
+from ssl_census.shards.parts import PART_OBS_COLUMNS, PROCESS_BASELINE, open_part_arrays
 from ssl_census.shards.split import shuffle_keys
 from ssl_census.shards.store import UNLABELLED_CODE, read_parquet, write_split
 
@@ -28,6 +28,7 @@ from ssl_census.shards.store import UNLABELLED_CODE, read_parquet, write_split
 # row gathers (int64 gather positions and 10-byte copies each), the writer's shard buffers
 BUCKET_BYTES_PER_NNZ = 64
 WRITER_BYTES = 320 << 20  # CsrWriter's four whole-shard buffers
+PLAN_OBS_COLUMNS = (*PART_OBS_COLUMNS, "library_size", "max_count", "cell_type_code")
 
 
 @dataclass(frozen=True)
@@ -78,9 +79,10 @@ def plan_split(parts: list[Path], split: str, codes: Mapping[str, int], keep_unl
         part_ids.append(np.full(len(idx), i, dtype=np.int32))
         rows.append(idx.astype(np.int64))
         nnz.append(np.diff(indptr)[kept])
-    if not frames:
+    if not frames:  # no cell of any part is in this split: it is written with 0 cells
         empty = np.zeros(0, dtype=np.int64)
-        return SplitPlan(pd.DataFrame(), empty.astype(np.int32), empty, empty, 0)
+        obs = pd.DataFrame({c: pd.Series([], dtype=object) for c in PLAN_OBS_COLUMNS})
+        return SplitPlan(obs, empty.astype(np.int32), empty, empty, 0)
     obs = concat_obs(frames)
     joinid = obs["soma_joinid"].to_numpy(np.int64)
     order = np.lexsort((joinid, shuffle_keys(joinid, shuffle_seed)))
