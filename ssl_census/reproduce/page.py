@@ -221,7 +221,8 @@ def _section_transfer(conf: ReproduceConfig, table: res.Table, figure: Path,
         "Pre-training on the auxiliary store (every primary 10x dataset but kang's); fine-tuning "
         "the classifier on kang's training donors; kNN (k = 5) rows classify each test cell by "
         "its nearest validation-donor cells in the embedding; classifier rows are the head's "
-        "own predictions. The random-init encoder and PCA do not depend on the training seed.",
+        "own predictions. The random-init encoder (drawn with seed 0 by the evaluation stage) does "
+        "not depend on the training seed, and PCA (a randomized fit, seeded) hardly does.",
         "",
         table_markdown(table, page),
         "",
@@ -247,12 +248,25 @@ def _section_unseen(inputs: Any, table: res.Table, figure: Path, page: Path) -> 
     ]
 
 
+def _genes_matched(table: res.Table) -> str:
+    """The number of model genes the table's data file had, from its first report."""
+    import json
+
+    for row in table.rows.values():
+        for src in row.sources:
+            n = json.loads(src.read_text()).get("genes_matched")
+            if n is not None:
+                return f"{n} of the model's genes matched (the rest zero-padded); "
+    return ""
+
+
 def _section_cross(conf: ReproduceConfig, table: res.Table, figure: Path,
                    page: Path) -> list[str]:
     return [
         "## 3. Cross-modality: RNA to protein on pbmc10k CITE-seq",
         "",
-        f"`{conf.cross_modality_file}`, target `obsm['{conf.cross_modality_target}']` "
+        f"{_genes_matched(table)}`{conf.cross_modality_file}`, target "
+        f"`obsm['{conf.cross_modality_target}']` "
         "(log1p-normalised), cells split 80/10/10 at random per seed; Pearson on the test "
         "cells over all entries and per cell. `predict the mean` predicts the training cells' "
         "mean of each protein.",
@@ -286,7 +300,7 @@ def _section_integration(conf: ReproduceConfig, tables: dict[str, res.Table],
         lines += [f"### {view.name}: `{view.file}`, batches `{view.batch_key}`, labels "
                   f"`{view.label_key}`"
                   + (f", cells with {view.select['column']} in {view.select['values']}"
-                     if view.select else ""), "",
+                     if view.select else ""), "", _genes_matched(table).rstrip("; "), "",
                   table_markdown(table, page), "",
                   f"![scIB total, {view.name}]({_rel(fig[f'integration-{view.name}'], page)})",
                   ""]
