@@ -24,8 +24,24 @@ test: install
 lint: install
 	$(PYTHON) -m ruff check ssl_census tests
 
+# The main job on the embedded default: a synthetic census -> shards -> pretrain -> finetune ->
+# evaluate, sized for a 2-core CPU (a few minutes); prints the evaluation table at the end.
+DEMO ?= $(WORK)/demo
+DEMO_CELLS ?= 20000
+DEMO_STEPS ?= 150
+GENE_LIST ?= $(wildcard $(SSL_CENSUS_DATA)/genes/scTab_features.parquet)
 demo: install
-	$(PYTHON) -m ssl_census.demo --work $(WORK)/demo
+	rm -rf $(DEMO) && mkdir -p $(DEMO)
+	ssl-census census synth --cells $(DEMO_CELLS) --out $(DEMO)/census
+	ssl-census shards build --census-uri $(DEMO)/census --config synthetic --out $(DEMO)/shards \
+		$(if $(GENE_LIST),--gene-list $(GENE_LIST))
+	ssl-census pretrain --method random_mask --shards $(DEMO)/shards --out $(DEMO)/random_mask \
+		--batch-size 512 --max-steps $(DEMO_STEPS) --val-every 50
+	ssl-census finetune --task celltype --shards $(DEMO)/shards --init $(DEMO)/random_mask \
+		--out $(DEMO)/celltype --batch-size 512 --max-steps $(DEMO_STEPS) --val-every 50
+	ssl-census evaluate --run $(DEMO)/celltype --shards $(DEMO)/shards --embedding-2d pca \
+		--json $(DEMO)/celltype/evaluation.json
+	@cat $(DEMO)/celltype/evaluation.md
 
 shards: install
 ifeq ($(CENSUS_URI),)
@@ -34,9 +50,14 @@ else
 	ssl-census shards build --census-uri $(CENSUS_URI) --config $(SHARDS_CONFIG) --out $(SHARDS_OUT)
 endif
 
+# Issue targets: the shard build on a 500,000-cell synthetic census beside a plain census read;
+# the loader on a 1,000,000-cell store beside annbatch+zarrs, scDataset, tiledbsoma-ml and a raw
+# ceiling. Figures are printed and written as JSON under $(WORK)/bench.
 bench: install
-	ssl-census bench shards --work $(WORK)/bench
-	ssl-census bench loader --shards $(WORK)/bench/shards --json $(WORK)/bench/loader.json
+	$(PIP) install -q -e ".[bench]"
+	ssl-census bench shards --work $(WORK)/bench --json $(WORK)/bench/shards.json
+	ssl-census bench loader --shards $(WORK)/bench/store-1m --synthetic 1000000 \
+		--census-uri $(WORK)/bench/census-synth-500000-s0 --json $(WORK)/bench/loader.json
 
 # Scheduled rebuilds (docs/rebuilds.md; pipelines/ runs this weekly):
 #   make rebuild REBUILD_ROOT=/data/ssl-census RELEASE=lts|latest|VERSION [RELEASE_DIRECTORY=...]
