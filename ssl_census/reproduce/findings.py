@@ -101,6 +101,11 @@ MASKING = ("random_mask", "gp_mask", "gp_to_gp", "gp_to_tf")
 CONTRASTIVE = ("byol", "barlow")
 
 
+def _get(rows: dict[str, Row], name: str) -> Row:
+    """The named row, or an empty one (its comparisons then read "not measured")."""
+    return rows.get(name) or Row(name)
+
+
 def _rows(table, names: list[str]) -> list[Row]:
     return [table.rows[n] for n in names if n in table.rows]
 
@@ -113,16 +118,16 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
         Finding("Fine-tuning an SSL model pre-trained on auxiliary data beats supervised "
                 "training from scratch on held-out donors",
                 "PBMC macro F1 0.7013 (supervised) to 0.7466 (SSL, scTab pre-training)",
-                [compare(t.get(f"fine-tuned {m}, classifier"), t.get("supervised, classifier"),
+                [compare(_get(t, f"fine-tuned {m}, classifier"), _get(t, "supervised, classifier"),
                          "macro F1") for m in methods]),
         Finding("Zero-shot SSL embeddings carry cell-type information beyond a random "
                 "encoder (kNN)",
                 "zero-shot SSL kNN macro F1 0.6725 on the scTab test set",
-                [compare(t.get(f"zero-shot {m}, kNN"), t.get("random-init encoder, kNN"),
+                [compare(_get(t, f"zero-shot {m}, kNN"), _get(t, "random-init encoder, kNN"),
                          "macro F1") for m in methods]),
         Finding("Zero-shot SSL embeddings beat the PCA baseline (kNN)",
                 "PCA is a baseline the SSL embeddings are compared with",
-                [compare(t.get(f"zero-shot {m}, kNN"), t.get("PCA-64, kNN"), "macro F1")
+                [compare(_get(t, f"zero-shot {m}, kNN"), _get(t, "PCA-64, kNN"), "macro F1")
                  for m in methods]),
     ]
     masking = [m for m in methods if m in MASKING]
@@ -141,7 +146,7 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
         out.append(Finding(
             "Random masking is at least as good as gene-programme masking",
             "random masking was the strongest or on par among the masking strategies",
-            [compare(t.get(f"{kind} random_mask, {how}"),
+            [compare(_get(t, f"{kind} random_mask, {how}"),
                      averaged(_rows(transfer, [f"{kind} {m}, {how}" for m in gp]),
                               f"gene-programme masking ({kind}, {how})"), "macro F1")
              for kind, how in (("zero-shot", "kNN"), ("fine-tuned", "classifier"))]))
@@ -149,26 +154,26 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
         "SSL pre-training helps on unseen data under distribution shift (IFN-beta "
         "stimulated cells)",
         "the largest SSL gains were on unseen datasets",
-        [compare(u.get(f"fine-tuned {m}, classifier"), u.get("supervised, classifier"),
+        [compare(_get(u, f"fine-tuned {m}, classifier"), _get(u, "supervised, classifier"),
                  "macro F1") for m in methods]))
     c = cross.rows
     out.append(Finding(
         "SSL pre-training improves RNA-to-protein prediction",
         "Pearson 0.8809 (no pre-training) to 0.8943 (SSL)",
-        [compare(r, c.get("no pre-training (random init)"), "Pearson")
+        [compare(r, _get(c, "no pre-training (random init)"), "Pearson")
          for n, r in c.items() if n.startswith("SSL ")]))
     out.append(Finding(
         "Every RNA-to-protein model beats predicting the mean",
         "implicit in the paper's cross-modality comparison",
-        [compare(r, c.get("predict the mean"), "Pearson")
+        [compare(r, _get(c, "predict the mean"), "Pearson")
          for n, r in c.items() if n != "predict the mean"]))
     for name, table in integration.items():
         r = table.rows
         comps = []
         for m in integration_methods:
-            comps += [compare(r.get(f"SSL {m}"), r.get("unsupervised"), "Total"),
-                      compare(r.get(f"SSL-shallow {m}"), r.get("unsupervised"), "Total")]
-        comps.append(compare(r.get("unsupervised"), r.get("PCA-64"), "Total"))
+            comps += [compare(_get(r, f"SSL {m}"), _get(r, "unsupervised"), "Total"),
+                      compare(_get(r, f"SSL-shallow {m}"), _get(r, "unsupervised"), "Total")]
+        comps.append(compare(_get(r, "unsupervised"), _get(r, "PCA-64"), "Total"))
         out.append(Finding(f"SSL pre-training improves data integration ({name}, scIB total)",
                            "scIB total 0.5354 (unsupervised) to 0.5638 (SSL)", comps))
     return out
