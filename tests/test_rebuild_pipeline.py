@@ -2,9 +2,10 @@
 
 Release A (2023-05-15): pbmc_3tech (three datasets), zheng_sorted, pbmc5k_rna. Release B
 (2023-07-25): the same, with zheng_sorted re-published (a new dataset_version_id) and
-pbmc_donorA added. Both use the later census schema, where datasets carry
-dataset_version_id; the 2023-05-15 schema's fallback fingerprint is covered in
-test_rebuild_units.py.
+pbmc_donorA added BEFORE the others, so every cell of the unchanged datasets has another
+soma_joinid in B than in A (as in a real census release). Both use the later census schema,
+where datasets carry dataset_version_id; the 2023-05-15 schema's fallback fingerprint is
+covered in test_rebuild_units.py.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import tiledbsoma as soma
 from click.testing import CliRunner
 
 from ssl_census.cli import main
@@ -27,6 +31,8 @@ from ssl_census.core.errors import UserError
 from ssl_census.rebuild.lock import rebuild_lock
 from ssl_census.rebuild.pointer import switch_current
 from ssl_census.rebuild.run import PARTS_CACHE, STAGING, run_rebuild
+from ssl_census.shards.build import build_shards
+from ssl_census.shards.config import load_shards_config
 from ssl_census.shards.store import SPLITS, open_shards, read_manifest
 from ssl_census.shards.verify import verify_shards
 
@@ -138,6 +144,40 @@ def test_new_release_rebuilds_incrementally_and_switches_current(second, first):
     assert sorted(c["cells_read"] for c in reuse["per_dataset"].values()) == [
         0, 0, 0, 0, ZHENG, DONOR_A]
     assert not reuse["resumed"]
+
+
+def _split_obs(store: Path, split: str) -> pd.DataFrame:
+    return open_shards(store).split(split)[1]
+
+
+def test_renumbered_unchanged_datasets_are_reused_and_equal_a_build_from_scratch(
+        second, releases, build_args, tmp_path):
+    root, result = second
+    per_dataset = result.changelog["reuse"]["per_dataset"]
+    reused = {d for d, c in per_dataset.items() if c["cells_read"] == 0}
+    assert len(reused) == 4
+    with soma.open(str(releases / "census-b" / "census_data" / "homo_sapiens" / "obs")) as f:
+        census_b = f.read(column_names=["soma_joinid", "dataset_id", "donor_id",
+                                        "cell_type"]).concat().to_pandas()
+    for split in SPLITS:
+        old, new = _split_obs(root / TAG_A, split), _split_obs(root / TAG_B, split)
+        # stored soma_joinids are B's: they name the same cells in census B
+        src = census_b.set_index("soma_joinid").loc[new["soma_joinid"]]
+        for col in ("dataset_id", "donor_id", "cell_type"):
+            assert (src[col].astype(str).to_numpy() == new[col].astype(str).to_numpy()).all()
+        # cells of the reused datasets moved by pbmc_donorA's cells, and kept their order
+        old_kept = old[old["dataset_id"].astype(str).isin(reused)]
+        new_kept = new[new["dataset_id"].astype(str).isin(reused)]
+        assert len(old_kept) == len(new_kept)
+        np.testing.assert_array_equal(new_kept["soma_joinid"].to_numpy(),
+                                      old_kept["soma_joinid"].to_numpy() + DONOR_A)
+    scratch = build_shards(tmp_path / "scratch", load_shards_config(build_args["config"]),
+                           census_uri=str(releases / "census-b"),
+                           gene_list=build_args["gene_list"], workers=1)
+    assert scratch.cells_read == CELLS_A + DONOR_A
+    incremental = read_manifest(root / TAG_B)
+    assert scratch.manifest["splits"] == incremental["splits"]
+    assert scratch.manifest["tables"] == incremental["tables"]
 
 
 def test_changelog_lists_added_changed_cells_genes_and_no_donor_moves(second, first):

@@ -45,16 +45,26 @@ def test_split_of_a_tech_sample_ignores_the_others():
 
 
 def test_shuffle_order_is_a_seeded_permutation_independent_of_subsets():
-    ids = np.arange(10_000, dtype=np.int64) * 3
-    order = shuffle_order(ids, seed=0)
-    assert sorted(order.tolist()) == list(range(len(ids)))
-    assert not np.array_equal(order, np.arange(len(ids)))
-    assert not np.array_equal(order, shuffle_order(ids, seed=1))
+    # two datasets of 5,000 cells each, identified by (dataset_id, position)
+    datasets = pd.Series(np.repeat(["ds-a", "ds-b"], 5_000))
+    positions = np.tile(np.arange(5_000, dtype=np.int64), 2)
+    order = shuffle_order(datasets, positions, seed=0)
+    assert sorted(order.tolist()) == list(range(len(positions)))
+    assert not np.array_equal(order, np.arange(len(positions)))
+    assert not np.array_equal(order, shuffle_order(datasets, positions, seed=1))
+    # the datasets interleave: neither is a block of the order
+    assert 0.3 < (datasets.to_numpy()[order][:5_000] == "ds-a").mean() < 0.7
     # any subset keeps the relative order it has in the whole
-    subset = np.sort(np.random.default_rng(0).choice(ids, 500, replace=False))
-    ranked = {v: i for i, v in enumerate(ids[order])}
-    sub_sorted = subset[shuffle_order(subset, seed=0)]
-    assert [ranked[v] for v in sub_sorted] == sorted(ranked[v] for v in subset)
+    ranked = np.empty(len(order), dtype=np.int64)
+    ranked[order] = np.arange(len(order))
+    subset = np.sort(np.random.default_rng(0).choice(len(positions), 500, replace=False))
+    sub_sorted = subset[shuffle_order(datasets.iloc[subset], positions[subset], seed=0)]
+    assert ranked[sub_sorted].tolist() == sorted(ranked[subset].tolist())
+    # a dataset's own order does not depend on what other datasets (or ids) exist
+    only_b = np.flatnonzero(datasets == "ds-b")
+    alone = shuffle_order(pd.Series(["ds-b"] * 5_000), positions[only_b], seed=0)
+    in_whole = order[np.isin(order, only_b)] - 5_000
+    np.testing.assert_array_equal(alone, in_whole)
 
 
 def test_normalise_matches_reference_on_real_counts(shared_data):

@@ -95,7 +95,7 @@ class BuildInputs:
 
     def build_id(self) -> str:
         blob = json.dumps({"format": STORE_FORMAT, "norm": NORMALISATION_VERSION,
-                           **self.__dict__}, sort_keys=True, default=str)
+                           "shuffle": SHUFFLE_RULE, **self.__dict__}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -170,21 +170,31 @@ def resolve_gene_space(var: pd.DataFrame, cfg: ShardsConfig, gene_list: str | No
 def plan_parts(obs: pd.DataFrame, fingerprints: dict[str, str], space: GeneSpace,
                cfg: ShardsConfig, spec: CensusSpec, parts_dir: Path,
                cells: int) -> list[parts.PartTask]:
-    """Slices of at most ``cells`` eligible cells per dataset, each named by its content."""
+    """Slices of at most ``cells`` eligible cells per dataset, each named by its content.
+
+    ``obs`` is in soma_joinid order with each cell's dataset-relative ``position``
+    (:func:`dataset_positions`); a slice is a range of positions, so an unchanged dataset
+    gives the same slices and part names in a release that renumbered its cells."""
+    # the value filter decides which cells a position counts, so it is part of every name
     settings = {"genes": space.sha256, "norm": NORMALISATION_VERSION, "split": cfg.split,
-                "seed": cfg.shuffle_seed, "n_genes": space.n_genes}
+                "seed": cfg.shuffle_seed, "n_genes": space.n_genes,
+                "filter": cfg.query.value_filter(), "shuffle": SHUFFLE_RULE}
     gene_joinids = space.var["soma_joinid"].to_numpy(np.int64)
     tasks = []
     for dataset_id, ds in obs.groupby("dataset_id", observed=True, sort=True):
         for lo in range(0, len(ds), cells):
             chunk = ds.iloc[lo : lo + cells].reset_index(drop=True)
-            joinids = chunk["soma_joinid"].to_numpy(np.int64)
             fp = fingerprints.get(str(dataset_id), str(dataset_id))
-            key = parts.part_key(fp, joinids, chunk["split"].to_numpy(), settings)
+            key = parts.part_key(fp, chunk, chunk["split"].to_numpy(), settings)
             tasks.append(parts.PartTask(spec, key, parts_dir / key,
-                                        chunk[[*parts.PART_OBS_COLUMNS, "split"]], gene_joinids,
-                                        parts.READ_BLOCK_CELLS, cfg.shuffle_seed))
+                                        chunk[["soma_joinid", *parts.PART_OBS_COLUMNS, "split"]],
+                                        gene_joinids, parts.READ_BLOCK_CELLS, cfg.shuffle_seed))
     return tasks
+
+
+def dataset_positions(obs: pd.DataFrame) -> np.ndarray:
+    """Each cell's rank among its dataset's cells of ``obs`` (which is in soma_joinid order)."""
+    return obs.groupby("dataset_id", observed=True, sort=False).cumcount().to_numpy(np.int64)
 
 
 def run_parts(tasks: list[parts.PartTask], workers: int) -> tuple[int, int]:
@@ -255,6 +265,7 @@ def build_shards(
                         "check the census and the [query] section of the config")
     obs["tech_sample"] = tech_sample(obs["dataset_id"], obs["donor_id"]).astype("category")
     obs["split"] = assign_splits(obs["tech_sample"], config.split)
+    obs["position"] = dataset_positions(obs)
     types = curate_cell_types(obs, ontology, config.curation)
     if types.kept.empty and not config.curation.keep_unlabelled:
         raise UserError("no cell type passes the curation thresholds",
@@ -275,6 +286,7 @@ def build_shards(
         built, cells_read = run_parts(tasks, workers)
         phases["parts"] = time.perf_counter() - t1
         part_dirs = [t.directory for t in tasks]
+        part_ids = [parts.PartIds.of(t) for t in tasks]
 
         kept = types.kept
         labels = label_table(kept, split_label_counts(part_dirs))
@@ -283,8 +295,8 @@ def build_shards(
         t2 = time.perf_counter()
         n_cells = {}
         for s in SPLITS:
-            n_cells[s] = _merge_once(out, s, part_dirs, codes, config, space.n_genes,
-                                     memory_budget, build_id)
+            n_cells[s] = _merge_once(out, s, part_dirs, part_ids, codes, config,
+                                     space.n_genes, memory_budget, build_id)
         phases["merge"] = time.perf_counter() - t2
         write_tables(out, space.var, labels)
         dropped = sum(parts.read_summary(d)["dropped_empty"] for d in part_dirs)
@@ -323,15 +335,16 @@ def _clean_up(out: Path, remove_parts: bool) -> None:
         (out / s / _DONE).unlink(missing_ok=True)
 
 
-def _merge_once(out: Path, split: str, part_dirs: list[Path], codes: dict[str, int],
-                config: ShardsConfig, n_genes: int, memory_budget: int, build_id: str) -> int:
+def _merge_once(out: Path, split: str, part_dirs: list[Path], part_ids: list[parts.PartIds],
+                codes: dict[str, int], config: ShardsConfig, n_genes: int, memory_budget: int,
+                build_id: str) -> int:
     """Merge one split unless a previous run of this build finished it."""
     done = _read_json(out / split / _DONE)
     if done is not None and done.get("build_id") == build_id:
         return int(done["n_cells"])
     shutil.rmtree(out / split, ignore_errors=True)
     n = merge.merge_split(part_dirs, split, out, codes, config.curation.keep_unlabelled,
-                          config.shuffle_seed, n_genes, memory_budget)
+                          config.shuffle_seed, n_genes, memory_budget, part_ids)
     atomic.write_json(out / split / _DONE, {"build_id": build_id, "n_cells": n})
     return n
 

@@ -1,11 +1,13 @@
 """Phase 2 of a build: the parts of one split -> the split's shuffled CSR store.
 
 External shuffle with bounded memory: the split's order is the sort by shuffle key (a seeded
-hash of soma_joinid). Every part is already sorted by that key, so the cells of any
+hash of dataset_id and the cell's dataset-relative position, ``split.shuffle_order``). Every
+part is already sorted by that key, so the cells of any
 contiguous range of the final order are a contiguous slice of each part. The order is cut
 into buckets of at most ``bucket_nnz`` non-zeros; each bucket gathers its slices from the
 parts (memory-mapped), puts them in final order and is appended to the writer. Only the obs
-columns of the split are held whole. The result does not depend on the bucket size.
+columns of the split are held whole. The result does not depend on the bucket size. Parts
+store positions, not soma_joinid; the stored obs gets the current release's soma_joinid here.
 """
 
 from __future__ import annotations
@@ -20,15 +22,21 @@ from pandas.api.types import union_categoricals
 
 from ssl_census.core.progress import progress
 from ssl_census.shards.csr import concat_rows, take_rows
-from ssl_census.shards.parts import PART_OBS_COLUMNS, PROCESS_BASELINE, open_part_arrays
-from ssl_census.shards.split import shuffle_keys
+from ssl_census.shards.parts import (
+    PART_OBS_COLUMNS,
+    PROCESS_BASELINE,
+    PartIds,
+    open_part_arrays,
+)
+from ssl_census.shards.split import shuffle_order
 from ssl_census.shards.store import UNLABELLED_CODE, read_parquet, write_split
 
 # bytes a non-zero costs in a bucket: slices read from the parts, the per-part and the final
 # row gathers (int64 gather positions and 10-byte copies each), the writer's shard buffers
 BUCKET_BYTES_PER_NNZ = 64
 WRITER_BYTES = 320 << 20  # CsrWriter's four whole-shard buffers
-PLAN_OBS_COLUMNS = (*PART_OBS_COLUMNS, "library_size", "max_count", "cell_type_code")
+PLAN_OBS_COLUMNS = (*PART_OBS_COLUMNS, "library_size", "max_count", "cell_type_code",
+                    "soma_joinid")
 
 
 @dataclass(frozen=True)
@@ -63,7 +71,8 @@ def concat_obs(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 def plan_split(parts: list[Path], split: str, codes: Mapping[str, int], keep_unlabelled: bool,
-               shuffle_seed: int) -> SplitPlan:
+               shuffle_seed: int, ids: list[PartIds]) -> SplitPlan:
+    """The split's cells in final order; ``ids[i]`` gives part i's cells their soma_joinid."""
     frames, part_ids, rows, nnz = [], [], [], []
     for i, d in enumerate(parts):
         f = d / f"{split}.obs.parquet"
@@ -74,6 +83,7 @@ def plan_split(parts: list[Path], split: str, codes: Mapping[str, int], keep_unl
         indptr = np.load(d / f"{split}.indptr.npy")
         obs = obs[kept].reset_index(drop=True)
         obs["cell_type_code"] = code[kept]
+        obs["soma_joinid"] = ids[i].lookup(obs["position"].to_numpy())
         frames.append(obs)
         idx = np.flatnonzero(kept)
         part_ids.append(np.full(len(idx), i, dtype=np.int32))
@@ -84,8 +94,7 @@ def plan_split(parts: list[Path], split: str, codes: Mapping[str, int], keep_unl
         obs = pd.DataFrame({c: pd.Series([], dtype=object) for c in PLAN_OBS_COLUMNS})
         return SplitPlan(obs, empty.astype(np.int32), empty, empty, 0)
     obs = concat_obs(frames)
-    joinid = obs["soma_joinid"].to_numpy(np.int64)
-    order = np.lexsort((joinid, shuffle_keys(joinid, shuffle_seed)))
+    order = shuffle_order(obs["dataset_id"], obs["position"].to_numpy(), shuffle_seed)
     max_count = int(obs["max_count"].max()) if len(obs) else 0
     return SplitPlan(obs.iloc[order].reset_index(drop=True), np.concatenate(part_ids)[order],
                      np.concatenate(rows)[order], np.concatenate(nnz)[order], max_count)
@@ -139,9 +148,10 @@ def iter_buckets(parts: list[Path], split: str, plan: SplitPlan, bucket_nnz: int
 
 def merge_split(parts: list[Path], split: str, out: Path, codes: Mapping[str, int],
                 keep_unlabelled: bool, shuffle_seed: int, n_genes: int,
-                memory_budget: int) -> int:
-    """Write ``out/<split>`` from the parts; returns its cell count."""
-    plan = plan_split(parts, split, codes, keep_unlabelled, shuffle_seed)
+                memory_budget: int, part_ids: list[PartIds]) -> int:
+    """Write ``out/<split>`` from the parts (``part_ids[i]`` maps part i's positions to this
+    release's soma_joinid); returns its cell count."""
+    plan = plan_split(parts, split, codes, keep_unlabelled, shuffle_seed, part_ids)
     obs_bytes = int(plan.obs.memory_usage(deep=False).sum()) if len(plan.obs) else 0
     free = memory_budget - PROCESS_BASELINE - WRITER_BYTES - 3 * obs_bytes
     bucket_nnz = max(1 << 16, free // BUCKET_BYTES_PER_NNZ)

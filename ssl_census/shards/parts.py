@@ -1,16 +1,20 @@
 """Phase 1 of a build: census cells -> normalised "parts", one directory per slice of a dataset.
 
 A part holds the eligible cells of one slice of one dataset, restricted to the gene space,
-normalised, grouped by split and sorted by the shuffle key (``split.shuffle_keys``). Its name
-is a hash of everything its bytes depend on (dataset fingerprint, cells, gene list,
-normalisation, split rule, shuffle seed), so a rerun - or a later build that shares the
-dataset - finds it done and skips it. A part is written under ``<key>.partial`` and renamed
-when whole: a directory named ``<key>`` is always finished.
+normalised, grouped by split and sorted by the shuffle key (``split.shuffle_order``). Its name
+is a hash of everything its bytes depend on (dataset fingerprint, the cells' positions in the
+dataset and their obs, gene list, normalisation, value filter, split rule, shuffle seed), so a
+rerun - or a later build that shares the dataset - finds it done and skips it. Nothing in a
+part depends on soma_joinid, which a census release renumbers: cells are identified by their
+dataset-relative ``position`` (rank among the dataset's eligible cells in soma_joinid order),
+and the merge maps positions to the current release's soma_joinid (:class:`PartIds`). A part
+is written under ``<key>.partial`` and renamed when whole: a directory named ``<key>`` is
+always finished.
 
 Files of a part, per split present (``s`` in train/val/test)::
 
     s.indptr.npy (int64)  s.indices.npy (uint16/32)  s.data.npy (float32)  s.counts.npy (uint32)
-    s.obs.parquet         the cells' obs (+ library_size, max_count), same order
+    s.obs.parquet         the cells' position and obs (+ library_size, max_count), same order
     summary.json          cells, non-zeros and dropped cells per split
 """
 
@@ -34,11 +38,11 @@ from ssl_census.core.store import index_dtype
 from ssl_census.shards.csr import concat_rows, take_rows
 from ssl_census.shards.source import CensusSpec, iter_raw_blocks
 from ssl_census.shards.split import shuffle_order
-from ssl_census.shards.store import SPLITS, write_parquet
+from ssl_census.shards.store import SPLITS, sorted_categorical, write_parquet
 from ssl_census.shards.values import library_sizes, normalise
 
 PART_ARRAYS = ("indptr", "indices", "data", "counts")
-PART_OBS_COLUMNS = ("soma_joinid", "dataset_id", "donor_id", "tech_sample", "assay",
+PART_OBS_COLUMNS = ("position", "dataset_id", "donor_id", "tech_sample", "assay",
                     "tissue_general", "cell_type", "cell_type_ontology_term_id")
 # Memory model (measured here): a process with the census open and a read block in flight
 # uses about PROCESS_BASELINE bytes; assembling a part costs about BYTES_PER_NNZ a non-zero
@@ -57,18 +61,38 @@ class PartTask:
     census: CensusSpec
     key: str
     directory: Path  # the finished part's path
-    obs: pd.DataFrame  # the cells (PART_OBS_COLUMNS + split), joinid order
+    obs: pd.DataFrame  # the cells (soma_joinid + PART_OBS_COLUMNS + split), joinid order
     gene_joinids: np.ndarray  # sorted census var joinids of the gene space
     block_cells: int
     shuffle_seed: int
 
 
-def part_key(fingerprint: str, joinids: np.ndarray, splits: np.ndarray,
+@dataclass(frozen=True)
+class PartIds:
+    """The current release's soma_joinid of a part's cells, by dataset-relative position."""
+
+    first_position: int
+    soma_joinid: np.ndarray  # of positions first_position, first_position + 1, ...
+
+    @classmethod
+    def of(cls, task: PartTask) -> PartIds:
+        return cls(int(task.obs["position"].iloc[0]), task.obs["soma_joinid"].to_numpy(np.int64))
+
+    def lookup(self, positions: np.ndarray) -> np.ndarray:
+        return self.soma_joinid[np.asarray(positions, dtype=np.int64) - self.first_position]
+
+
+def part_key(fingerprint: str, obs: pd.DataFrame, splits: np.ndarray,
              settings: dict[str, Any]) -> str:
-    """Name of a part: a hash of the dataset, its cells, their splits and the build settings."""
+    """Name of a part: a hash of the dataset, its cells (positions and the obs stored with
+    them, never soma_joinid), their splits and the build settings."""
     h = hashlib.sha256()
     h.update(fingerprint.encode())
-    h.update(np.ascontiguousarray(joinids, dtype=np.int64).tobytes())
+    h.update(np.ascontiguousarray(obs["position"], dtype=np.int64).tobytes())
+    for col in PART_OBS_COLUMNS[1:]:  # by value, whatever categories the census obs has
+        values = sorted_categorical(obs[col])
+        h.update("\0".join(values.categories).encode() + b"\1")
+        h.update(np.ascontiguousarray(values.codes, dtype=np.int32).tobytes())
     h.update(np.ascontiguousarray(splits, dtype=np.int8).tobytes())
     h.update(json.dumps(settings, sort_keys=True, default=str).encode())
     return h.hexdigest()[:32]
@@ -130,7 +154,8 @@ def write_part(task: PartTask) -> dict[str, Any]:
         rows = np.flatnonzero((splits == s_index) & ~empty)
         if not len(rows):
             continue
-        rows = rows[shuffle_order(joinids[rows], task.shuffle_seed)]
+        cells = task.obs.iloc[rows]
+        rows = rows[shuffle_order(cells["dataset_id"], cells["position"], task.shuffle_seed)]
         p_indptr, (p_indices, p_counts) = take_rows(indptr, rows, indices, counts)
         p_data, p_lib = normalise(p_indptr, p_counts)
         for name, arr in zip(PART_ARRAYS, (p_indptr, p_indices, p_data, p_counts), strict=True):

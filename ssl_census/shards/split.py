@@ -6,10 +6,13 @@ tech_samples a census holds: a rebuild on a later release keeps every donor wher
 (scTab instead shuffled the list of tech_samples with seed 1 and cut it; that assignment
 changes whenever a tech_sample is added or removed.)
 
-Order: cells are sorted by a seeded 64-bit hash of their soma_joinid. The result is a
+Order: cells are sorted by a seeded 64-bit hash of (dataset_id, position), where a cell's
+position is its rank among its dataset's eligible cells in soma_joinid order. The result is a
 uniformly random permutation that any subset of cells (a part, a bucket) can compute on its
 own, which is what makes the external shuffle bounded in memory and independent of how the
-work was divided.
+work was divided. It does not use soma_joinid itself: a census release numbers its cells
+dataset after dataset, so a dataset added before others shifts every later soma_joinid, but
+an unchanged dataset keeps its cells' positions, so its parts (and their order) carry over.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from ssl_census.shards.store import SPLITS
 
 SPLIT_RULE = ("u = int(sha256('<salt>:<dataset_id>/<donor_id>')[:8]) / 2**64; "
               "train if u < f_train, val if u < f_train + f_val, else test")
-SHUFFLE_RULE = "rows ordered by (splitmix64(soma_joinid + seed * golden), soma_joinid)"
+SHUFFLE_RULE = ("rows ordered by (splitmix64(position + d), d, position), "
+                "d = int(sha256('<seed>:<dataset_id>')[:8]), position = rank of the cell among "
+                "its dataset's eligible cells in soma_joinid order")
 
 
 def tech_sample(dataset_id: pd.Series, donor_id: pd.Series) -> pd.Series:
@@ -50,18 +55,26 @@ def split_name(index: int) -> str:
     return SPLITS[index]
 
 
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+def dataset_offsets(dataset_id: pd.Series, seed: int) -> np.ndarray:
+    """Per cell, the seeded 64-bit hash of its dataset_id (one hash per distinct dataset)."""
+    cat = pd.Categorical(dataset_id)
+    per_dataset = np.array(
+        [int.from_bytes(hashlib.sha256(f"{seed}:{d}".encode()).digest()[:8], "big")
+         for d in cat.categories.astype(str)], dtype=np.uint64)
+    return per_dataset[cat.codes]
 
 
-def shuffle_keys(soma_joinid: np.ndarray, seed: int) -> np.ndarray:
-    """splitmix64 of each joinid (offset by the seed): the sort key of the in-split shuffle."""
+def shuffle_keys(offsets: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """splitmix64 of each position offset by its dataset's hash: the in-split sort key."""
     with np.errstate(over="ignore"):
-        z = np.asarray(soma_joinid, dtype=np.uint64) + np.uint64(seed) * _GOLDEN + _GOLDEN
+        z = np.asarray(positions, dtype=np.uint64) + np.asarray(offsets, dtype=np.uint64)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         return z ^ (z >> np.uint64(31))
 
 
-def shuffle_order(soma_joinid: np.ndarray, seed: int) -> np.ndarray:
-    """Positions of ``soma_joinid`` in shuffled order (ties on the hash broken by joinid)."""
-    return np.lexsort((np.asarray(soma_joinid), shuffle_keys(soma_joinid, seed)))
+def shuffle_order(dataset_id: pd.Series, positions: np.ndarray, seed: int) -> np.ndarray:
+    """Indices that put cells in shuffled order (hash ties broken by dataset, then position)."""
+    offsets = dataset_offsets(dataset_id, seed)
+    positions = np.asarray(positions, dtype=np.int64)
+    return np.lexsort((positions, offsets, shuffle_keys(offsets, positions)))
