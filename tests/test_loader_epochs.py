@@ -139,3 +139,14 @@ def test_plan_lengths_match_yielded_cells() -> None:
             assert total == plan.stream_length()
             lens.append(len(plan))
         assert len(set(lens)) == 1
+
+
+def test_two_ranks_share_a_split_smaller_than_one_block(kang_store: Path) -> None:
+    # one block would hold the whole split: each rank must still get cells and as many batches
+    kw = dict(SMALL, block_size=10**6, obs_columns=())
+    ranks = [BlockShuffleLoader(kang_store, "val", rank=r, world_size=2, **kw) for r in (0, 1)]
+    runs = [_indices(loader) for loader in ranks]
+    assert len(runs[0]) == len(runs[1]) > 0
+    sets = [set(np.concatenate(run).tolist()) for run in runs]
+    assert not sets[0] & sets[1]
+    assert sets[0] | sets[1] == set(range(ranks[0].n_cells))

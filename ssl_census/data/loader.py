@@ -259,6 +259,11 @@ class BlockShuffleLoader:
             )
 
     def plan(self, epoch: int | None = None) -> EpochPlan:
+        if 0 < self.n_cells < self.world_size:
+            raise UserError(
+                f"the split has {self.n_cells} cells, fewer than the {self.world_size} ranks",
+                "train on a larger split or with fewer processes",
+            )
         return EpochPlan(
             n_cells=self.n_cells,
             batch_size=self.batch_size,

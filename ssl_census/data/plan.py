@@ -75,19 +75,27 @@ class EpochPlan:
             raise ValueError(f"rank {self.rank} outside world size {self.world_size}")
         if min(self.batch_size, self.block_size, self.fetch_blocks) < 1:
             raise ValueError("batch_size, block_size and fetch_blocks must be positive")
+        if 0 < self.n_cells < self.world_size:
+            raise ValueError(f"{self.n_cells} cells cannot be shared by {self.world_size} ranks")
 
     def _rng(self, *parts: int) -> np.random.Generator:
         return np.random.default_rng([self.seed, self.epoch, *parts])
 
+    @property
+    def block(self) -> int:
+        """Rows per block: ``block_size``, cut down so that every rank gets a block of a split
+        smaller than ``world_size`` blocks (a rank without cells could not pad its stream)."""
+        return max(1, min(self.block_size, -(-self.n_cells // self.world_size)))
+
     def _block_order(self) -> np.ndarray:
-        n_blocks = -(-self.n_cells // self.block_size)
+        n_blocks = -(-self.n_cells // self.block)
         if self.shuffle:
             return self._rng().permutation(n_blocks)
         return np.arange(n_blocks)
 
     def _rank_cells(self, blocks: np.ndarray) -> int:
-        starts = blocks * self.block_size
-        return int((np.minimum(starts + self.block_size, self.n_cells) - starts).sum())
+        starts = blocks * self.block
+        return int((np.minimum(starts + self.block, self.n_cells) - starts).sum())
 
     def stream_length(self) -> int:
         """Cells this rank yields per epoch (the same on every rank)."""
@@ -105,8 +113,8 @@ class EpochPlan:
     def fetches(self) -> Iterator[Fetch]:
         """This rank's fetches in stream order, truncated or padded to ``stream_length``."""
         blocks = self._block_order()[self.rank :: self.world_size]
-        starts = blocks * self.block_size
-        stops = np.minimum(starts + self.block_size, self.n_cells)
+        starts = blocks * self.block
+        stops = np.minimum(starts + self.block, self.n_cells)
         target = self.stream_length()
         emitted = 0
         for f, i in enumerate(range(0, len(blocks), self.fetch_blocks)):
@@ -119,8 +127,9 @@ class EpochPlan:
         if emitted < target:  # padding: repeat this rank's own first cells
             pad = target - emitted
             lengths = np.cumsum(stops - starts)
-            k = int(np.searchsorted(lengths, pad)) + 1
-            yield Fetch(starts[:k], stops[:k], np.arange(pad, dtype=np.int64))
+            k = min(int(np.searchsorted(lengths, pad)) + 1, len(lengths))
+            own = int(lengths[k - 1])
+            yield Fetch(starts[:k], stops[:k], np.arange(pad, dtype=np.int64) % own)
 
     def _order(self, f: int, starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
         n = int((stops - starts).sum())
