@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from ssl_census.core.errors import UserError
 from ssl_census.core.store import FORMAT as CSR_FORMAT
 from ssl_census.data.readers import ByteSource, is_url, join
-from ssl_census.shards.store import MANIFEST, STORE_FORMAT, open_shards
+from ssl_census.shards.store import MANIFEST, check_manifest, open_shards
 
 
 @dataclass
@@ -44,25 +44,11 @@ def _parquet(path: str) -> pq.ParquetFile:
 
 
 def _check_remote_manifest(root: str) -> dict:
-    src = ByteSource(root)
     try:
-        manifest = json.loads(src.read(MANIFEST))
-    except (FileNotFoundError, json.JSONDecodeError) as e:
-        raise UserError(
-            f"{root} is not an ssl-census shard store (no valid {MANIFEST})",
-            "point at the --out directory of `ssl-census shards build`",
-        ) from e
-    if manifest.get("format") != STORE_FORMAT:
-        raise UserError(
-            f"{root} is not an ssl-census shard store",
-            "point at the --out directory of `ssl-census shards build`",
-        )
-    if manifest.get("complete") is not True:
-        raise UserError(
-            f"shard store {root} is incomplete (the build did not finish)",
-            "rerun the same `ssl-census shards build` command to resume it",
-        )
-    return manifest
+        manifest = json.loads(ByteSource(root).read(MANIFEST))
+    except (FileNotFoundError, json.JSONDecodeError):
+        manifest = None
+    return check_manifest(root, manifest)
 
 
 def open_split(

@@ -101,13 +101,8 @@ def read_manifest(path: str | os.PathLike[str]) -> dict[str, Any] | None:
         return None
 
 
-def open_shards(path: str | os.PathLike[str]) -> ShardStore:
-    """Open a finished shard store; a missing, unfinished or foreign directory is a UserError."""
-    root = Path(path)
-    if not root.is_dir():
-        raise UserError(f"shard store not found: {root}",
-                        "build one with `ssl-census shards build`")
-    manifest = read_manifest(root)
+def check_manifest(root: str | os.PathLike[str], manifest: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest of a finished store; a missing, foreign or incomplete one is a UserError."""
     if manifest is None or manifest.get("format") != STORE_FORMAT:
         raise UserError(
             f"{root} is not an ssl-census shard store (no valid {MANIFEST})",
@@ -118,6 +113,16 @@ def open_shards(path: str | os.PathLike[str]) -> ShardStore:
             f"shard store {root} is incomplete (the build did not finish)",
             "rerun the same `ssl-census shards build` command to resume it",
         )
+    return manifest
+
+
+def open_shards(path: str | os.PathLike[str]) -> ShardStore:
+    """Open a finished shard store; a missing, unfinished or foreign directory is a UserError."""
+    root = Path(path)
+    if not root.is_dir():
+        raise UserError(f"shard store not found: {root}",
+                        "build one with `ssl-census shards build`")
+    manifest = check_manifest(root, read_manifest(root))
     missing = [p for p in ("var.parquet", "labels.parquet") if not (root / p).is_file()]
     missing += [
         f"{s}/{f}" for s in manifest.get("splits", {}) for f in ("X.zarr", "obs.parquet")
