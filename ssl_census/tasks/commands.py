@@ -10,20 +10,14 @@ import click
 
 from ssl_census.core.config import load_toml, merge
 from ssl_census.tasks.finetune import TASKS
-from ssl_census.training.commands import _hidden
+from ssl_census.training.commands import training_overrides
 
 
 def finetune_config(task: str, config: str | None, **options: Any) -> dict[str, Any]:
     base = load_toml(config or task, kind="finetune")
     overrides = {
-        "task": task, "device": options["device"], "batch_key": options["batch_key"],
-        "target_obsm": options["target_obsm"],
-        "shallow": True if options["shallow"] else None,
-        "model": {"hidden": _hidden(options["hidden"]), "dropout": options["dropout"]},
-        "data": {"batch_size": options["batch_size"], "workers": options["workers"]},
-        "train": {k: options[k] for k in ("max_steps", "max_epochs", "lr", "weight_decay",
-                                          "val_every", "val_batches", "patience", "seed",
-                                          "log_every")},
+        "task": task, "batch_key": options["batch_key"], "target_obsm": options["target_obsm"],
+        "shallow": True if options["shallow"] else None, **training_overrides(options),
     }
     return merge(base, overrides)
 

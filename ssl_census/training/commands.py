@@ -12,7 +12,8 @@ from ssl_census.core.errors import UserError
 from ssl_census.pretext import METHODS
 
 
-def _hidden(value: str | None) -> list[int] | None:
+def parse_hidden(value: str | None) -> list[int] | None:
+    """``--hidden 512,512,256,256,64`` as a list of layer sizes."""
     if value is None:
         return None
     try:
@@ -26,6 +27,20 @@ def _drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in d.items() if v is not None}
 
 
+TRAIN_OPTIONS = ("max_steps", "max_epochs", "lr", "weight_decay", "val_every", "val_batches",
+                 "patience", "seed", "log_every")
+
+
+def training_overrides(options: dict[str, Any]) -> dict[str, Any]:
+    """The model, data and train keys that the options of pretrain and finetune share."""
+    return {
+        "device": options["device"],
+        "model": {"hidden": parse_hidden(options["hidden"]), "dropout": options["dropout"]},
+        "data": {"batch_size": options["batch_size"], "workers": options["workers"]},
+        "train": {k: options[k] for k in TRAIN_OPTIONS},
+    }
+
+
 def pretrain_config(config: str | None, method: str | None, **options: Any) -> dict[str, Any]:
     """The method's preset, then ``--config`` (a file or preset name), then the options."""
     user = load_toml(config, kind="pretrain") if config else {}
@@ -33,16 +48,8 @@ def pretrain_config(config: str | None, method: str | None, **options: Any) -> d
     if method not in METHODS:
         raise UserError(f"unknown or missing method {method!r}",
                         f"pass --method (one of {', '.join(METHODS)}) or set it in --config")
-    overrides = {
-        "method": method,
-        "gene_sets": options["gene_sets"],
-        "device": options["device"],
-        "model": {"hidden": _hidden(options["hidden"]), "dropout": options["dropout"]},
-        "data": {"batch_size": options["batch_size"], "workers": options["workers"]},
-        "train": {k: options[k] for k in ("max_steps", "max_epochs", "lr", "weight_decay",
-                                          "val_every", "val_batches", "patience", "seed",
-                                          "log_every")},
-    }
+    overrides = {"method": method, "gene_sets": options["gene_sets"],
+                 **training_overrides(options)}
     return merge(merge(load_toml(method, kind="pretrain"), user), _drop_none(overrides))
 
 
