@@ -6,6 +6,8 @@ import logging
 
 import click
 
+from ssl_census.shards.commands import build_options
+
 
 @click.command()
 @click.option("--root", required=True, type=click.Path(file_okay=False),
@@ -14,13 +16,7 @@ import click
               help="lts, latest, or a release tag or alias.")
 @click.option("--directory", default=None,
               help="Release directory JSON, a path or URL (default: cellxgene_census's).")
-@click.option("--config", "config_path", default="sctab-2023-05-15", show_default=True,
-              help="Shards TOML file or preset name under configs/shards/.")
-@click.option("--gene-list", default=None, type=click.Path(dir_okay=False),
-              help="Gene list (default: the config's pinned URL).")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
-@click.option("--memory-budget", default="4GiB", show_default=True,
-              help="Peak memory the build sizes its work to.")
+@build_options
 def rebuild(root, release, directory, config_path, gene_list, workers, memory_budget) -> None:
     """Build the chosen census release when it is newer than <root>/current, verify it, then
     publish it by switching <root>/current. Prints "up to date" when nothing is new."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import click
 
@@ -25,17 +26,27 @@ def shards() -> None:
     """Census -> donor-split, normalised, sharded Zarr v3 CSR stores."""
 
 
+def build_options(command: Callable) -> Callable:
+    """The options every command that builds a store takes (shards build, rebuild)."""
+    for option in reversed((
+        click.option("--config", "config_path", default="sctab-2023-05-15", show_default=True,
+                     help="Shards TOML file or preset name under configs/shards/."),
+        click.option("--gene-list", default=None, type=click.Path(dir_okay=False),
+                     help="Gene list (parquet with gene_names, or text); default: the "
+                          "config's pinned URL."),
+        click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256)),
+        click.option("--memory-budget", default="4GiB", show_default=True,
+                     help="Peak memory the build sizes its work to."),
+    )):
+        command = option(command)
+    return command
+
+
 @shards.command("build")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Store directory.")
 @click.option("--census-version", default=None, help="Census release (default 2023-05-15).")
 @click.option("--census-uri", default=None, help="A local census-layout store instead.")
-@click.option("--config", "config_path", default="sctab-2023-05-15", show_default=True,
-              help="TOML file or preset name under configs/shards/.")
-@click.option("--gene-list", default=None, type=click.Path(dir_okay=False),
-              help="Gene list (parquet with gene_names, or text); default: the config's URL.")
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
-@click.option("--memory-budget", default="4GiB", show_default=True,
-              help="Peak memory the build sizes its work to.")
+@build_options
 @click.option("--parts-dir", default=None, type=click.Path(file_okay=False),
               help="Phase-1 part cache shared between builds (kept after the build).")
 @click.option("--keep-parts", is_flag=True, help="Keep <out>/.parts after a successful build.")
