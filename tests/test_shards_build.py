@@ -236,6 +236,31 @@ def test_out_dir_holding_another_build_is_refused(real_shards_dir, real_census_u
         _build(stranger, real_census_uri, shared_data)
 
 
+def test_replace_rebuilds_an_out_dir_holding_another_build(real_shards_dir, real_census_uri,
+                                                           shared_data, tmp_path):
+    import shutil
+
+    out = tmp_path / "store"
+    shutil.copytree(real_shards_dir, out)
+    old = json.loads((out / MANIFEST).read_text())
+    small = tmp_path / "small.toml"  # other inputs: one dataset only (fast to build)
+    text = (CONFIG_ROOT / "shards" / "local-pbmc.toml").read_text()
+    only = 'include_datasets = ["10x frozen PBMC donor A (Zheng et al. 2017)"]'
+    small.write_text(text.replace("[query]\n", f"[query]\n{only}\n"))
+    _build(out, real_census_uri, shared_data, config=str(small), replace=True)
+    new = json.loads((out / MANIFEST).read_text())
+    assert new["complete"] is True and new["build_id"] != old["build_id"]
+    datasets = [set(open_shards(d).split(s)[1]["dataset_id"].astype(str))
+                for d in (out, real_shards_dir) for s in SPLITS]
+    assert len(set().union(*datasets[:3])) == 1 < len(set().union(*datasets[3:]))
+    stranger = tmp_path / "stranger"  # what is not a shard build is still refused
+    stranger.mkdir()
+    (stranger / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="not empty"):
+        _build(stranger, real_census_uri, shared_data, replace=True)
+    assert (stranger / "notes.txt").read_text() == "mine"
+
+
 def test_bad_input_gives_one_line_errors_and_no_store(real_census_uri, shared_data, tmp_path):
     nothing = tmp_path / "nothing.toml"
     nothing.write_text('[query]\nassays = ["Smart-seq9"]\n')

@@ -117,10 +117,15 @@ def _disk_errors(out: Path) -> Iterator[None]:
         raise
 
 
-def check_out_dir(out: Path, build_id: str) -> bool:
-    """Refuse an ``out`` that holds anything but this build; True when it is complete."""
+def check_out_dir(out: Path, build_id: str, replace: bool = False) -> bool:
+    """Refuse an ``out`` that holds anything but this build (with ``replace``, delete a store
+    or half-built store of another build instead); True when it is complete."""
     manifest = read_manifest(out)
     recorded = _read_json(out / BUILD_FILE)
+    other = (manifest or recorded or {}).get("build_id", build_id) != build_id
+    if replace and other:
+        shutil.rmtree(out)
+        return False
     if manifest is not None and manifest.get("build_id") != build_id:
         raise UserError(f"{out} holds another shard store (built from other inputs)",
                         "choose a new --out, or delete the directory to rebuild")
@@ -237,8 +242,11 @@ def build_shards(
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     parts_dir: str | os.PathLike[str] | None = None,
     keep_parts: bool = False,
+    replace: bool = False,
 ) -> BuildReport:
-    """Build (or resume) a shard store at ``out``; see the module docstring."""
+    """Build (or resume) a shard store at ``out``; see the module docstring. ``replace``: an
+    ``out`` holding a store of other inputs is deleted and built again (for callers that own
+    ``out``, such as make reproduce) instead of refused."""
     t0 = time.perf_counter()
     out = Path(out)
     spec = CensusSpec(version=None if census_uri else (census_version or "2023-05-15"),
@@ -253,7 +261,7 @@ def build_shards(
         inputs = BuildInputs(spec.identity(), summary, config.to_dict(), space.sha256,
                              ontology.release)
         build_id = inputs.build_id()
-        if check_out_dir(out, build_id):
+        if check_out_dir(out, build_id, replace):
             _clean_up(out, parts_dir is None and not keep_parts)
             return BuildReport(out, read_manifest(out) or {})
         obs = source.read_eligible_obs(census, config.query.value_filter())
