@@ -1,11 +1,18 @@
 """The data of the experiment: the census, the gene list, the shard stores and the h5ad views.
 
-Everything is made by the stages' own APIs (census build-local, shards build) and skipped
-when it is already there, so a rerun of ``make reproduce`` resumes.
+Everything is made by the stages' own APIs (census build-local, shards build) and kept while
+it still matches the config, so a rerun of ``make reproduce`` resumes: the local census and
+each view record a key of their inputs (``<name>.key`` beside them) and are rebuilt when it
+changes; the gene list is recomputed on every run and rewritten only when it differs; a shard
+store built from other inputs (its build_id) is replaced. :func:`identity` is what the steps'
+keys (reproduce.runs) record of each input.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -16,25 +23,65 @@ import pandas as pd
 from ssl_census.core import atomic
 from ssl_census.core.config import load_toml
 from ssl_census.core.errors import UserError
+from ssl_census.core.store import tree_checksum
 from ssl_census.reproduce.config import H5adView, ReproduceConfig
+
+
+def digest(inputs: dict[str, Any]) -> str:
+    """A short, stable digest of a JSON-able description of inputs (the keys of steps)."""
+    blob = json.dumps(inputs, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def identity(path: Path) -> str:
+    """Content identity of an input: a shard store's checksums, a view's key, a file's bytes."""
+    from ssl_census.shards.store import read_manifest
+
+    path = Path(path)
+    manifest = read_manifest(path) if path.is_dir() else None
+    if manifest is not None:
+        return digest({"splits": manifest.get("splits"), "tables": manifest.get("tables")})
+    sidecar = _key_file(path)
+    if sidecar.is_file():
+        return sidecar.read_text().strip()
+    return tree_checksum(path)[:16]
+
+
+def _key_file(path: Path) -> Path:
+    return path.with_name(path.name.removesuffix(".h5ad") + ".key")
 
 
 def ensure_census(conf: ReproduceConfig, work: Path, data_dir: Path,
                   census_uri: str | None) -> str:
-    """The census to read: ``census_uri`` as given, else the local census built once."""
+    """The census to read: ``census_uri`` as given, else the local census, built again when its
+    config or data files changed (and then the stores made from it go too)."""
     if census_uri:
         return census_uri
     from ssl_census.census.build_local import build_local_census
     from ssl_census.census.layout import is_census_store
 
     out = work / "census"
-    if is_census_store(out):
+    spec = load_toml(conf.census_config, kind="census")
+    files = [spec.get("annotation"), *(d.get("file") for d in spec.get("datasets", []))]
+    key = digest({"config": spec, "files": {f: tree_checksum(data_dir / f)[:16]
+                                            for f in files if f and (data_dir / f).is_file()}})
+    if is_census_store(out) and _recorded(out) == key:
         print(f"[census] {out} exists, kept")
-    else:
-        report = build_local_census(conf.census_config, out, data_dir)
-        print(f"[census] built {out}: {report['n_cells']} cells, {report['n_datasets']} datasets "
-              f"in {report['seconds']} s")
+        return str(out)
+    if is_census_store(out):
+        print(f"[census] {out} was built from another config or data: built again")
+        shutil.rmtree(out)
+        shutil.rmtree(work / "shards", ignore_errors=True)
+    report = build_local_census(conf.census_config, out, data_dir)
+    atomic.write_text(_key_file(out), key + "\n")
+    print(f"[census] built {out}: {report['n_cells']} cells, {report['n_datasets']} datasets "
+          f"in {report['seconds']} s")
     return str(out)
+
+
+def _recorded(path: Path) -> str | None:
+    f = _key_file(path)
+    return f.read_text().strip() if f.is_file() else None
 
 
 def _measured_gene_names(census_uri: str, titles: tuple[str, ...]) -> set[str]:
@@ -69,10 +116,8 @@ def _gene_set_genes(conf: ReproduceConfig, data_dir: Path) -> set[str]:
 
 def ensure_gene_list(conf: ReproduceConfig, work: Path, data_dir: Path, census_uri: str) -> Path:
     """The model gene list (text, one symbol a line): the configured list, restricted to the
-    genes measured by ``genes.measured_by`` when that is set."""
+    genes measured by ``genes.measured_by`` when that is set (rewritten only when it changes)."""
     out = work / "genes.txt"
-    if out.is_file():
-        return out
     listed = set(pd.read_parquet(data_dir / conf.gene_list)["gene_names"].astype(str))
     names = set(listed)
     if conf.genes_measured_by:
@@ -81,7 +126,10 @@ def ensure_gene_list(conf: ReproduceConfig, work: Path, data_dir: Path, census_u
     if not names:
         raise UserError("the gene list is empty after restricting it to measured genes",
                         "check [genes] measured_by")
-    atomic.write_text(out, "\n".join(sorted(names)) + "\n")
+    text = "\n".join(sorted(names)) + "\n"
+    if out.is_file() and out.read_text() == text:
+        return out
+    atomic.write_text(out, text)
     print(f"[genes] {len(names)} genes of {conf.gene_list}"
           + (f" (measured by {', '.join(conf.genes_measured_by)}, plus gene-set genes)"
              if conf.genes_measured_by else ""))
@@ -104,14 +152,15 @@ def shards_config(conf: ReproduceConfig, name: str) -> Any:
 
 def ensure_stores(conf: ReproduceConfig, work: Path, census_uri: str,
                   gene_list: Path) -> dict[str, Path]:
-    """Every shard store of the config (built, or kept when complete)."""
+    """Every shard store of the config (built; kept when complete and of the same inputs)."""
     from ssl_census.shards.build import build_shards
 
     stores = {}
     for name in conf.stores:
         out = work / "shards" / name
         report = build_shards(out, shards_config(conf, name), census_uri=census_uri,
-                              gene_list=str(gene_list), workers=conf.shards_workers)
+                              gene_list=str(gene_list), workers=conf.shards_workers,
+                              replace=True)
         cells = {s: v["n_cells"] for s, v in report.manifest["splits"].items()}
         print(f"[shards] {name}: {cells} cells -> {out}")
         stores[name] = out
@@ -128,13 +177,16 @@ def _cl_terms(conf: ReproduceConfig, labels: pd.Series) -> pd.Series | None:
 
 def ensure_view(conf: ReproduceConfig, view: H5adView, work: Path,
                 data_dir: Path) -> tuple[Path, str]:
-    """(h5ad path, label key) of a view: the file itself, or its selected cells written once;
-    labels get their Cell Ontology term beside them where the census config maps them all."""
+    """(h5ad path, label key) of a view: the file's selected cells, written again when the
+    file, the selection or the label table changed; labels get their Cell Ontology term beside
+    them where the census config maps them all."""
     import anndata as ad
 
     out = work / "data" / f"{view.name}.h5ad"
     cl_key = f"{view.label_key}_ontology_term_id"
-    if out.is_file():
+    key = digest({"file": tree_checksum(data_dir / view.file)[:16], "select": view.select,
+                  "labels": load_toml(conf.census_config, kind="census").get("labels", {})})
+    if out.is_file() and _recorded(out) == key:
         obs = ad.read_h5ad(out, backed="r").obs
         return out, cl_key if cl_key in obs.columns else view.label_key
     adata = ad.read_h5ad(data_dir / view.file)
@@ -151,6 +203,7 @@ def ensure_view(conf: ReproduceConfig, view: H5adView, work: Path,
     tmp = out.with_name(f".{out.name}.tmp")
     adata.write_h5ad(tmp)
     tmp.replace(out)
+    atomic.write_text(_key_file(out), key + "\n")
     print(f"[data] {view.name}: {adata.n_obs} cells of {view.file}"
           + (f" where {view.select['column']} in {view.select['values']}" if view.select else ""))
     return out, cl_key if terms is not None else view.label_key

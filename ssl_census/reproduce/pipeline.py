@@ -44,6 +44,7 @@ def reproduce(config: str | os.PathLike[str], work: str | os.PathLike[str],
     inputs = Inputs(stores=stores, unseen=data.ensure_view(conf, conf.unseen, work, folder),
                     integration=integration, data_dir=folder)
     experiment = Experiment(conf, work, inputs)
+    experiment.prune()  # steps of an earlier, different configuration go before the page is made
     # phase by phase over all seeds, the page rewritten after each step: a reproduce stopped
     # early leaves a true page whose tables have every seed finished so far
     for phase in PHASES:

@@ -1,9 +1,17 @@
-"""The runs of the experiment, each through a stage's Python API, each skipped when done.
+"""The steps of the experiment, each through a stage's Python API, each kept while still valid.
 
-A training run is done when its directory holds ``reproduce-step.json`` (written last, with
-the stage's summary and the seconds it took); a directory without it is the remains of an
-interrupted run and is started again. An evaluation is done when its report JSON exists
-(the evaluation stage writes it atomically).
+Every step (a training run, an evaluation, an integration benchmark) has a *key*: a digest of
+everything its result depends on, namely the stage config (the stage's preset with the reproduce
+overrides laid over it), the content identity of the data it reads (data.identity) and the keys
+of the steps it starts from. A finished step records its key; one whose recorded key differs
+from the planned one (the config changed, a store was rebuilt, its pre-training was redone) is
+deleted before anything runs (:meth:`Experiment.prune`), so a page never mixes steps of two
+configurations and a rerun only redoes what changed.
+
+A training run is finished when its directory holds ``reproduce-step.json`` (written last, with
+its key, its inputs, the stage's summary and the seconds it took); a directory without it is
+the remains of an interrupted run and is started again. An evaluation is finished when its
+report JSON (written atomically) holds its key.
 
 Layout under the work directory (``<R>`` = ``runs/<config name>``)::
 
@@ -23,16 +31,18 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ssl_census.core import atomic
 from ssl_census.core.config import load_toml, merge
 from ssl_census.reproduce.config import ReproduceConfig
+from ssl_census.reproduce.data import digest, identity
 from ssl_census.reproduce.results import runs_root
 
 DONE = "reproduce-step.json"
+KEY = "reproduce_key"  # where an evaluation report records its key
 
 
 @dataclass
@@ -45,36 +55,65 @@ class Inputs:
     data_dir: Path
 
 
-def once(run_dir: Path, what: str, train: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``train`` into ``run_dir`` unless a finished run is there; return its record."""
-    marker = run_dir / DONE
-    if marker.is_file():
-        print(f"[skip] {what}: done in {run_dir}")
-        return json.loads(marker.read_text())
-    if run_dir.exists():
-        shutil.rmtree(run_dir)  # an interrupted run: start it again
-    print(f"[run] {what} -> {run_dir}", flush=True)
+@dataclass
+class Step:
+    """One step of the experiment: a training run (``kind`` "train", ``path`` its directory),
+    an evaluation report ("evaluation", its JSON with a markdown twin beside it) or a JSON of
+    scores ("scores"). ``inputs`` is what ``key`` digests; the result keeps both."""
+
+    kind: str
+    what: str
+    path: Path
+    inputs: dict[str, Any]
+    compute: Callable[[], dict[str, Any]]
+
+    @property
+    def key(self) -> str:
+        return digest(self.inputs)
+
+    def recorded_key(self) -> str | None:
+        """The key the finished step on disk was made with (None when there is none)."""
+        record = self.path / DONE if self.kind == "train" else self.path
+        if not record.is_file():
+            return None
+        return json.loads(record.read_text()).get("key" if self.kind == "train" else KEY)
+
+    def done(self) -> bool:
+        return self.recorded_key() == self.key
+
+    def remove(self) -> None:
+        if self.kind == "train":
+            shutil.rmtree(self.path, ignore_errors=True)
+        else:  # the report and what was written beside it (evaluation: <stem>.md)
+            for p in self.path.parent.glob(f"{self.path.stem}.*"):
+                p.unlink()
+
+
+def once(step: Step) -> None:
+    """Compute ``step`` unless it is finished with its current key."""
+    if step.done():
+        print(f"[skip] {step.what}: done in {step.path}")
+        return
+    if step.path.exists():
+        step.remove()  # an interrupted run, or one of another configuration
+    print(f"[{'run' if step.kind == 'train' else 'eval'}] {step.what} -> {step.path}", flush=True)
     t0 = time.perf_counter()
-    summary = train()
-    record = {"what": what, "seconds": round(time.perf_counter() - t0, 2), "summary": summary}
-    atomic.write_json(marker, record)
-    print(f"[done] {what}: {record['seconds']:.0f} s", flush=True)
-    return record
+    result = step.compute()
+    seconds = round(time.perf_counter() - t0, 2)
+    if step.kind == "train":
+        atomic.write_json(step.path / DONE, {"what": step.what, "key": step.key,
+                                             "inputs": step.inputs, "seconds": seconds,
+                                             "summary": result})
+        print(f"[done] {step.what}: {seconds:.0f} s", flush=True)
+        return
+    result.update({"seconds": seconds, KEY: step.key, "reproduce_inputs": step.inputs})
+    if step.kind == "evaluation":
+        from ssl_census.evaluation.report import write_reports
 
-
-def evaluate_once(report_path: Path, what: str,
-                  evaluate: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    from ssl_census.evaluation.report import write_reports
-
-    if report_path.is_file():
-        print(f"[skip] {what}: {report_path} exists")
-        return json.loads(report_path.read_text())
-    print(f"[eval] {what} -> {report_path}", flush=True)
-    t0 = time.perf_counter()
-    report = evaluate()
-    report["seconds"] = round(time.perf_counter() - t0, 2)
-    write_reports(report, report_path, plots_on=False)
-    return json.loads(report_path.read_text())
+        write_reports(result, step.path, plots_on=False)
+    else:
+        step.path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(step.path, result)
 
 
 def _stage_config(preset: str, kind: str, *overrides: dict[str, Any]) -> dict[str, Any]:
@@ -85,7 +124,7 @@ def _stage_config(preset: str, kind: str, *overrides: dict[str, Any]) -> dict[st
 
 
 class Experiment:
-    """The runs of one seed, in the order the page needs them."""
+    """The steps of every seed, planned from the config (nothing runs until :meth:`run_phase`)."""
 
     def __init__(self, conf: ReproduceConfig, work: Path, inputs: Inputs) -> None:
         self.conf, self.work, self.inputs = conf, work, inputs
@@ -101,102 +140,136 @@ class Experiment:
 
     # -- training runs -------------------------------------------------------------------
 
-    def pretrain(self, seed: int, method: str) -> Path:
+    def pretrain(self, seed: int, method: str) -> Step:
         from ssl_census.training.pretrain import run_pretraining
 
         out = self._dir(seed, "pretrain", method)
+        store = self.inputs.stores["auxiliary"]
         gene_sets = self.conf.gene_sets.get(method)
         cfg = _stage_config(method, "pretrain", self.conf.pretrain, {
             "method": method, "device": self.conf.device, "train": {"seed": seed},
             "options": self.conf.method_options.get(method, {}),
             "gene_sets": str(self.inputs.data_dir / gene_sets) if gene_sets else None})
-        once(out, f"pretrain {method} seed {seed}",
-             lambda: run_pretraining(cfg, self.inputs.stores["auxiliary"], out))
-        return out
+        inputs = {"stage": "pretrain", "config": cfg, "shards": identity(store),
+                  "gene_sets": identity(self.inputs.data_dir / gene_sets) if gene_sets else None}
+        return Step("train", f"pretrain {method} seed {seed}", out, inputs,
+                    lambda: run_pretraining(cfg, store, out))
 
-    def finetune(self, seed: int, task: str, name: str, init: str | Path,
-                 extra: dict[str, Any] | None = None, **data: Path) -> Path:
+    def finetune(self, seed: int, task: str, name: str, init: Step | None,
+                 extra: dict[str, Any] | None = None, **data: Path) -> Step:
+        """A fine-tuning run from the pre-training run ``init`` (None: a random encoder)."""
         from ssl_census.tasks.finetune import run_finetune
 
         out = self._dir(seed, task, name)
         cfg = _stage_config(task, "finetune", self.conf.finetune[task], {
             "device": self.conf.device, "train": {"seed": seed}, **(extra or {})})
-        once(out, f"finetune {task} {name} seed {seed}",
-             lambda: _jsonable(run_finetune(task, cfg, out, str(init), **data)))
-        return out
+        inputs = {"stage": task, "config": cfg, "init": init.key if init else "random",
+                  **{k: identity(v) for k, v in data.items()}}
+        start = str(init.path) if init else "random"
+        return Step("train", f"finetune {task} {name} seed {seed}", out, inputs,
+                    lambda: _jsonable(run_finetune(task, cfg, out, start, **data)))
 
-    # -- the experiment, per seed ----------------------------------------------------------
+    def pretrained(self, seed: int) -> dict[str, Step]:
+        """Every method's pre-training run of ``seed``."""
+        methods = dict.fromkeys((*self.conf.methods, *self.conf.cross_modality_methods,
+                                 *self.conf.integration_methods))
+        return {m: self.pretrain(seed, m) for m in methods}
 
-    def transfer(self, seed: int, pretrained: dict[str, Path]) -> None:
+    # -- the experiment, per seed and phase ------------------------------------------------
+
+    def transfer(self, seed: int, pretrained: dict[str, Step]) -> list[Step]:
         """Cell types on kang: supervised and fine-tuned SSL, evaluated on held-out donors and
         on the stimulated cells."""
-        kang = self.inputs.stores["kang"]
-        runs = {"supervised": self.finetune(seed, "celltype", "supervised", "random", shards=kang)}
-        for method, p in pretrained.items():
-            runs[method] = self.finetune(seed, "celltype", method, p, shards=kang)
         from ssl_census.evaluation.report import evaluate_h5ad, evaluate_shards
 
+        kang = self.inputs.stores["kang"]
         h5ad, label_key = self.inputs.unseen
+        runs = {"supervised": self.finetune(seed, "celltype", "supervised", None, shards=kang)}
+        for method in self.conf.methods:
+            runs[method] = self.finetune(seed, "celltype", method, pretrained[method],
+                                         shards=kang)
+        options = self._eval_options(seed)
+        evals = []
         for name, run in runs.items():
-            evaluate_once(run / "evaluation" / "kang.json", f"evaluate {name} seed {seed} (kang)",
-                          lambda run=run: evaluate_shards(run, kang, self._eval_options(seed)))
-            evaluate_once(run / "evaluation" / "unseen.json",
-                          f"evaluate {name} seed {seed} (unseen)",
-                          lambda run=run: evaluate_h5ad(run, h5ad, label_key,
-                                                        self._eval_options(seed)))
+            common = {"run": run.key, "options": asdict(options)}
+            evals += [
+                Step("evaluation", f"evaluate {name} seed {seed} (kang)",
+                     run.path / "evaluation" / "kang.json", {**common, "shards": identity(kang)},
+                     lambda run=run: evaluate_shards(run.path, kang, options)),
+                Step("evaluation", f"evaluate {name} seed {seed} (unseen)",
+                     run.path / "evaluation" / "unseen.json",
+                     {**common, "h5ad": identity(h5ad), "label_key": label_key},
+                     lambda run=run: evaluate_h5ad(run.path, h5ad, label_key, options)),
+            ]
+        return [*runs.values(), *evals]
 
-    def cross_modality(self, seed: int, pretrained: dict[str, Path]) -> None:
+    def cross_modality(self, seed: int, pretrained: dict[str, Step]) -> list[Step]:
         h5ad = self.inputs.data_dir / self.conf.cross_modality_file
         extra = {"target_obsm": self.conf.cross_modality_target}
-        self.finetune(seed, "cross_modality", "random", "random", extra, h5ad=h5ad,
-                      shards=self.inputs.stores["kang"])
+        steps = [self.finetune(seed, "cross_modality", "random", None, extra, h5ad=h5ad,
+                               shards=self.inputs.stores["kang"])]
         for method in self.conf.cross_modality_methods:
-            self.finetune(seed, "cross_modality", method, pretrained[method], extra, h5ad=h5ad)
+            steps.append(self.finetune(seed, "cross_modality", method, pretrained[method],
+                                       extra, h5ad=h5ad))
+        return steps
 
-    def integration(self, seed: int, pretrained: dict[str, Path]) -> None:
+    def integration(self, seed: int, pretrained: dict[str, Step]) -> list[Step]:
         """Unsupervised, SSL and SSL-shallow integration runs on the integration store, scored
         together on each dataset's h5ad (one scIB benchmark per dataset and seed)."""
         if not self.inputs.integration:
-            return
+            return []
         store = self.inputs.stores["integration"]
         extra = {"batch_key": self.conf.integration_batch_key}
-        runs = {"unsupervised": self.finetune(seed, "integration", "unsupervised", "random",
-                                              extra, shards=store)}
+        runs = {"unsupervised": self.finetune(seed, "integration", "unsupervised", None, extra,
+                                              shards=store)}
         for method in self.conf.integration_methods:
             runs[f"SSL {method}"] = self.finetune(seed, "integration", method,
                                                   pretrained[method], extra, shards=store)
             runs[f"SSL-shallow {method}"] = self.finetune(
                 seed, "integration", f"{method}-shallow", pretrained[method],
                 {**extra, "shallow": True}, shards=store)
+        scores = []
+        max_cells = self.conf.integration_max_cells
         for ds, (h5ad, label_key, batch_key) in self.inputs.integration.items():
-            out = self._dir(seed, "integration", f"scores-{ds}.json")
-            if out.is_file():
-                print(f"[skip] integration scores seed {seed} ({ds}): {out} exists")
-                continue
-            print(f"[eval] integration scores seed {seed} ({ds}) -> {out}", flush=True)
-            t0 = time.perf_counter()
-            scores = integration_benchmark(runs, h5ad, label_key, batch_key, seed,
-                                           self.conf.device, self.conf.integration_max_cells)
-            atomic.write_json(out, {**scores, "seconds": round(time.perf_counter() - t0, 2)})
+            inputs = {"runs": {n: r.key for n, r in runs.items()}, "h5ad": identity(h5ad),
+                      "label_key": label_key, "batch_key": batch_key, "seed": seed,
+                      "max_cells": max_cells}
+            scores.append(Step(
+                "scores", f"integration scores seed {seed} ({ds})",
+                self._dir(seed, "integration", f"scores-{ds}.json"), inputs,
+                lambda h5ad=h5ad, label_key=label_key, batch_key=batch_key: integration_benchmark(
+                    {n: r.path for n, r in runs.items()}, h5ad, label_key, batch_key, seed,
+                    self.conf.device, max_cells)))
+        return [*runs.values(), *scores]
 
-    def pretrained(self, seed: int) -> dict[str, Path]:
-        """Every method's pre-training run of ``seed`` (trained here unless done)."""
-        methods = dict.fromkeys((*self.conf.methods, *self.conf.cross_modality_methods,
-                                 *self.conf.integration_methods))
-        return {m: self.pretrain(seed, m) for m in methods}
+    def steps(self, phase: str, seed: int) -> list[Step]:
+        """The steps of one part of the experiment for one seed, in the order they run:
+        the pre-training runs first, then ``transfer``, ``cross_modality`` or
+        ``integration``."""
+        pretrained = self.pretrained(seed)
+        parts = {"transfer": self.transfer, "cross_modality": self.cross_modality,
+                 "integration": self.integration}
+        if phase not in parts:
+            raise ValueError(f"unknown phase {phase!r}")
+        return [*pretrained.values(), *parts[phase](seed, pretrained)]
+
+    def prune(self) -> int:
+        """Delete every finished step whose key is not the planned one; returns how many."""
+        stale = 0
+        for phase in PHASES:
+            for seed in self.conf.seeds:
+                for step in self.steps(phase, seed):
+                    recorded = step.recorded_key()
+                    if recorded is not None and recorded != step.key and step.path.exists():
+                        print(f"[stale] {step.what}: made with other settings or inputs, "
+                              "removed")
+                        step.remove()
+                        stale += 1
+        return stale
 
     def run_phase(self, phase: str, seed: int) -> None:
-        """One part of the experiment for one seed: ``transfer`` (with the pre-training),
-        ``cross_modality`` or ``integration``."""
-        pretrained = self.pretrained(seed)
-        if phase == "transfer":
-            self.transfer(seed, {m: pretrained[m] for m in self.conf.methods})
-        elif phase == "cross_modality":
-            self.cross_modality(seed, pretrained)
-        elif phase == "integration":
-            self.integration(seed, pretrained)
-        else:
-            raise ValueError(f"unknown phase {phase!r}")
+        for step in self.steps(phase, seed):
+            once(step)
 
 
 PHASES = ("transfer", "cross_modality", "integration")
