@@ -11,7 +11,17 @@ from pathlib import Path
 import pytest
 
 from ssl_census.core.errors import UserError
-from ssl_census.reproduce.findings import CONTRADICTED, HOLDS, ONE_SEED, UNCLEAR, compare, verdict
+from ssl_census.reproduce.data import digest
+from ssl_census.reproduce.findings import (
+    CONTRADICTED,
+    HOLDS,
+    ONE_SEED,
+    UNCLEAR,
+    Finding,
+    compare,
+    in_short,
+    verdict,
+)
 from ssl_census.reproduce.results import Row
 
 KANG_CTRL = "Kang et al. 2018 PBMC, control (muscat)"
@@ -47,6 +57,12 @@ def test_page_has_every_table_and_the_findings(smoke) -> None:
     findings = text.split("## Which of the paper's findings hold", 1)[1].split("\n## ", 1)[0]
     assert "one seed only" in findings  # one seed: no uncertainty claimed
     assert "**Seeds**: 0 " in text and "**Run time**" in text and "**Versions**" in text
+    assert "With one seed there is no uncertainty estimate" in findings
+    assert "pre-training: batch 256, at most" in text and "run(s) trained 4-4 steps" in text
+    limits = text.split("## How this differs from the paper", 1)[1].split("\n## ", 1)[0]
+    # the stimulated cells come from kang donors 101 and 107, both fine-tuning donors
+    assert "their donors (101, 107) are among kang's fine-tuning donors" in limits
+    assert "has 14 proteins" in limits
     assert (page.parent / "results" / "transfer-macro-f1.png").stat().st_size > 1000
 
 
@@ -84,6 +100,9 @@ def test_stores_hold_the_selected_datasets_only(smoke) -> None:
                                    for s in ("train", "val", "test")))
     assert seen["kang"] == ctrl
     assert seen["auxiliary"] and not seen["auxiliary"] & kang_ids
+    cite = set(datasets.loc[datasets["dataset_title"].str.startswith("10x PBMC 10k"),
+                            "dataset_id"])
+    assert len(cite) == 1 and not seen["auxiliary"] & cite  # the cross-modality target
     genes = (work / "genes.txt").read_text().split()
     assert len(open_shards(work / "shards" / "kang").var) == len(genes) < 2000
 
@@ -97,6 +116,40 @@ def test_a_rerun_redoes_nothing(smoke, capsys: pytest.CaptureFixture[str]) -> No
     out = capsys.readouterr().out
     assert "[run]" not in out and "[eval]" not in out and "[skip]" in out
     assert markers == {p: p.stat().st_mtime_ns for p in markers}
+
+
+def test_a_changed_setting_redoes_only_the_steps_it_touches(smoke, tmp_path,
+                                                             capsys: pytest.CaptureFixture[str]):
+    import shutil
+
+    from ssl_census.reproduce.pipeline import reproduce
+
+    work, _, census, data = smoke
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    changed = tmp_path / "changed.toml"  # the smoke config with shorter cell-type fine-tuning
+    changed.write_text('extends = "smoke"\nname = "smoke"\n'
+                       "[finetune.celltype]\ntrain = { max_steps = 3 }\n")
+    page = tmp_path / "docs" / "results.md"
+    reproduce(changed, copy, page, data, census_uri=census)
+    out = capsys.readouterr().out
+    assert "[skip] pretrain random_mask seed 0" in out
+    assert "[skip] finetune cross_modality random seed 0" in out
+    for name in ("supervised", "random_mask"):
+        assert f"[stale] finetune celltype {name} seed 0" in out
+        assert f"[run] finetune celltype {name} seed 0" in out
+        assert f"[eval] evaluate {name} seed 0 (kang)" in out
+        run = copy / "runs" / "smoke" / "seed0" / "celltype" / name
+        marker = json.loads((run / "reproduce-step.json").read_text())
+        assert marker["inputs"]["config"]["train"]["max_steps"] == 3
+        assert marker["summary"]["step"] == 3
+        report = json.loads((run / "evaluation" / "kang.json").read_text())
+        assert report["reproduce_key"] == digest(report["reproduce_inputs"])
+        assert report["reproduce_inputs"]["run"] == marker["key"]
+    assert "cell type: batch 256, at most 10 epochs or 3 steps" in page.read_text()
+    # the untouched original keeps its 4-step runs
+    original = work / "runs" / "smoke" / "seed0" / "celltype" / "supervised"
+    assert json.loads((original / "reproduce-step.json").read_text())["summary"]["step"] == 4
 
 
 def test_a_dataset_name_that_matches_nothing_is_refused(real_census_uri: str) -> None:
@@ -130,3 +183,19 @@ def test_verdicts_follow_the_paired_differences() -> None:
     assert verdict(0.5, 0.0, 1) == ONE_SEED
     # only seeds both rows have are paired
     assert compare(a, _row("d", {1: 0.5}), "m").n == 1
+
+
+def test_in_short_sorts_findings_by_verdict_and_states_the_uncertainty() -> None:
+    base = _row("base", {0: 0.70, 1: 0.71, 2: 0.72})
+    better = compare(_row("a", {0: 0.80, 1: 0.82, 2: 0.81}), base, "m")
+    worse = compare(_row("c", {0: 0.60, 1: 0.60, 2: 0.62}), base, "m")
+    noisy = compare(_row("d", {0: 0.90, 1: 0.60, 2: 0.70}), base, "m")
+    text = "\n".join(in_short([Finding("A wins", "", [better]), Finding("C wins", "", [worse]),
+                                Finding("D wins", "", [noisy, better])]))
+    assert "of 4 comparisons 2 hold, 1 are reversed and 1 are within" in text
+    assert "*Hold in every comparison*: A wins." in text
+    assert "*Reversed in every comparison*: C wins." in text
+    assert "*Mixed or not resolved*: D wins." in text
+    # two standard errors of a paired difference: the widest is D's, 2 * sd / sqrt(3)
+    widest = 2 * noisy.sd / 3 ** 0.5
+    assert f"to {widest:.3f}, on 0-1 scores" in text

@@ -27,6 +27,7 @@ class H5adView:
     label_key: str
     batch_key: str | None = None
     select: dict[str, Any] | None = None
+    donor_key: str | None = None  # obs column of donors (the page checks them against training)
 
 
 @dataclass(frozen=True)
@@ -82,7 +83,8 @@ def _view(raw: dict[str, Any], name: str) -> H5adView:
                         "e.g. select = { column = \"condition\", values = [\"stim\"] }")
     return H5adView(name=name, file=_require(raw, "file", name + "."),
                     label_key=_require(raw, "label_key", name + "."),
-                    batch_key=raw.get("batch_key"), select=select)
+                    batch_key=raw.get("batch_key"), select=select,
+                    donor_key=raw.get("donor_key"))
 
 
 def load_reproduce_config(path: str | Path) -> ReproduceConfig:

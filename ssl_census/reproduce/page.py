@@ -116,9 +116,23 @@ def _store_lines(inputs: Any, page: Path) -> list[str]:
     return lines
 
 
-def _param(conf: ReproduceConfig, stage: str, key: str) -> Any:
-    table = conf.pretrain if stage == "pretrain" else conf.finetune[stage]
-    return table.get("train", {}).get(key, "preset")
+def _training_lines(lengths: dict[str, res.Training]) -> list[str]:
+    """One line per stage: its limits and how long its runs actually trained."""
+    lines = []
+    for stage, label in res.STAGES.items():
+        t = lengths.get(stage)
+        if t is None:
+            continue
+        lim = t.limits
+        bounds = [f"{lim[k]} {k.removeprefix('max_')}" for k in ("max_epochs", "max_steps")
+                  if lim.get(k)]
+        steps = sorted(t.steps)
+        lines.append(
+            f"{label}: batch {lim.get('batch_size')}, at most {' or '.join(bounds)}, "
+            f"validation every {lim.get('val_every')} steps, patience {lim.get('patience')}; "
+            f"{len(steps)} run(s) trained {steps[0]}-{steps[-1]} steps (median "
+            f"{steps[len(steps) // 2]}), {t.stopped_early} of them stopped early")
+    return lines
 
 
 def write_page(conf: ReproduceConfig, work: Path, page: Path, inputs: Any, census: str,
@@ -149,6 +163,7 @@ def write_page(conf: ReproduceConfig, work: Path, page: Path, inputs: Any, censu
     parts += _section_unseen(inputs, unseen, fig["unseen"], page)
     parts += _section_cross(conf, cross, fig["cross"], page)
     parts += _section_integration(conf, integration, fig, page)
+    parts += _section_limits(conf, inputs, n_genes, cross)
     parts += _method_notes(conf)
     atomic.write_text(page, "\n".join(parts) + "\n")
     return page
@@ -183,12 +198,9 @@ def _header(conf: ReproduceConfig, work: Path, page: Path, seeds: list[int], sec
            if conf.genes_add_set_members else "")
         + (f", plus the regulators named by {', '.join(conf.genes_add_set_regulators)}"
            if conf.genes_add_set_regulators else "") + " (the paper: 19,331 genes).",
-        f"- **Steps**: pre-training {_param(conf, 'pretrain', 'max_steps')} steps of "
-        f"{conf.pretrain.get('data', {}).get('batch_size', 'preset')} cells; fine-tuning "
-        f"{_param(conf, 'celltype', 'max_steps')} (cell type), "
-        f"{_param(conf, 'cross_modality', 'max_steps')} (cross-modality), "
-        f"{_param(conf, 'integration', 'max_steps')} (integration); early stopping on the "
-        "validation loss. The paper trained for days on 22M cells; this is a CPU-sized run.",
+        "- **Training** (read from the finished runs; early stopping on the validation loss; "
+        "the paper trained for days on 15.2M cells, this is a CPU-sized run):",
+        *(f"  - {line}" for line in _training_lines(res.training_lengths(conf, work))),
         f"- **Versions**: {_versions()}; {sys.platform}.",
         "- **Traceability**: every number below is the mean ± sd over seeds of values read "
         "from the run reports linked in its row (`s0` = seed 0, ...), under "
@@ -207,6 +219,7 @@ def _findings(found: list[fnd.Finding]) -> list[str]:
              "difference over seeds minus two standard errors is above zero, is *reversed* "
              "when the mean plus two standard errors is below zero, and is otherwise not "
              "resolved by this many seeds.", ""]
+    lines += [*fnd.in_short(found), ""]
     for f in found:
         lines += [f"- **{f.claim}** (paper: {f.paper}): {f.summary()}."]
         lines += [f"  - {c.text()}" for c in f.comparisons]
@@ -307,6 +320,54 @@ def _section_integration(conf: ReproduceConfig, tables: dict[str, res.Table],
     return lines
 
 
+def _split_obs(store_path: Path, split: str) -> Any:
+    from ssl_census.shards.store import open_shards
+
+    return open_shards(store_path).split(split)[1]
+
+
+def _section_limits(conf: ReproduceConfig, inputs: Any, n_genes: int,
+                    cross: res.Table) -> list[str]:
+    """How this experiment differs from the paper's, with this run's own numbers."""
+    import json
+
+    import anndata as ad
+
+    aux = _split_obs(inputs.stores["auxiliary"], "train")
+    kang = _split_obs(inputs.stores["kang"], "train")
+    n_types = kang["cell_type"].nunique() if "cell_type" in kang else "?"
+    lines = [
+        "## How this differs from the paper",
+        "",
+        f"- **Scale**: pre-training on {len(aux):,} auxiliary training cells from "
+        f"{aux['dataset_id'].nunique()} datasets (the paper: 15.2M cells, 249 datasets) over "
+        f"{n_genes:,} genes (19,331), fine-tuning on {n_types} kang cell types (164 in scTab). "
+        "Gains that need millions of cells may not show here, and seed-to-seed noise is larger.",
+    ]
+    if any(m in conf.gene_sets for m in conf.methods):
+        sets = ", ".join(f"{m}: `{conf.gene_sets[m]}`" for m in conf.methods
+                         if m in conf.gene_sets)
+        lines.append(f"- **Gene programmes** ({sets}): offline stand-ins for MSigDB C8 and C3 "
+                     "TFT, which need a network; programmes lose the members outside the gene "
+                     "space.")
+    sources = [src for row in cross.rows.values() for src in row.sources]
+    if sources:
+        n_targets = len(json.loads(sources[0].read_text())["targets"])
+        lines.append(f"- **Cross-modality**: `{conf.cross_modality_file}` has {n_targets} "
+                     "proteins (the paper: 134 in the NeurIPS 2021 bone-marrow CITE-seq).")
+    view = conf.unseen
+    h5ad, _ = inputs.unseen
+    if view.donor_key:
+        donors = set(ad.read_h5ad(h5ad, backed="r").obs[view.donor_key].astype(str))
+        shared = sorted(donors & set(kang["donor_id"].astype(str)))
+        lines.append(
+            "- **Unseen data**: the stimulated cells are an unseen *condition*; "
+            + (f"their donors ({', '.join(shared)}) are among kang's fine-tuning donors, "
+               "unlike the paper's unseen datasets (new studies)." if shared
+               else "none of their donors is among kang's fine-tuning donors."))
+    return lines + [""]
+
+
 def _method_notes(conf: ReproduceConfig) -> list[str]:
     return [
         "## How this page is made",
@@ -316,8 +377,12 @@ def _method_notes(conf: ReproduceConfig) -> list[str]:
         "the shard stores (shards build, with `[query] include_datasets / exclude_datasets`), "
         "then per seed the pre-training runs (pretrain), fine-tuning runs (finetune), their "
         "evaluations (evaluate) and the integration benchmark, each through the stage's own "
-        "Python API. A finished run is never redone: delete its directory to redo it. The "
-        "page and figures are rewritten from the reports at the end of every seed.",
+        "Python API. Every step records a key of its settings and inputs (the stage config, "
+        "the content of the data it reads, the step it starts from): a rerun skips the steps "
+        "whose key is unchanged and removes and redoes the others, so the page never mixes "
+        "two configurations. The keys do not cover the code: after changing it, delete the "
+        "work directory (or the runs of the config) to redo everything. The page and figures "
+        "are rewritten from the reports after every phase of every seed.",
         "",
     ]
 

@@ -162,6 +162,37 @@ def integration_tables(conf: ReproduceConfig, work: Path, seeds: list[int]) -> d
     return tables
 
 
+STAGES = {"pretrain": "pre-training", "celltype": "cell type",
+          "cross_modality": "cross-modality", "integration": "integration"}
+
+
+@dataclass
+class Training:
+    """How long the finished runs of one stage trained, and the limits they were given (the
+    resolved ``[train]`` table and batch size of the first run)."""
+
+    limits: dict[str, Any]
+    steps: list[int] = field(default_factory=list)
+    stopped_early: int = 0
+
+
+def training_lengths(conf: ReproduceConfig, work: Path) -> dict[str, Training]:
+    """Per stage (pretrain, celltype, ...), the steps its finished runs trained, read from the
+    runs' own records."""
+    from ssl_census.reproduce.runs import DONE
+
+    out: dict[str, Training] = {}
+    for seed in conf.seeds:
+        for marker in sorted(_seed_dir(conf, work, seed).glob(f"*/*/{DONE}")):
+            record = json.loads(marker.read_text())
+            stage, cfg = record["inputs"]["stage"], record["inputs"]["config"]
+            limits = {**cfg.get("train", {}), "batch_size": cfg.get("data", {}).get("batch_size")}
+            t = out.setdefault(stage, Training(limits))
+            t.steps.append(int(record["summary"]["step"]))
+            t.stopped_early += bool(record["summary"].get("stopped_early"))
+    return out
+
+
 def step_seconds(conf: ReproduceConfig, work: Path) -> float:
     """Compute time recorded by every finished run and evaluation under ``work``."""
     from ssl_census.reproduce.runs import DONE
