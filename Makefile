@@ -76,5 +76,7 @@ rebuild: install
 		$(if $(REBUILD_GENE_LIST),--gene-list "$(REBUILD_GENE_LIST)")
 
 # The paper's comparisons on the real local census (or CENSUS_URI=...); writes docs/results.md.
+# The integration extra brings scib-metrics (and jax on the CPU) for the scIB scores.
 reproduce: install
+	$(PIP) install -q -e ".[integration]"
 	ssl-census reproduce --config $(REPRODUCE_CONFIG) --work $(WORK)/reproduce --page docs/results.md $(if $(CENSUS_URI),--census-uri $(CENSUS_URI),)
