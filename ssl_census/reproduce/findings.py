@@ -162,7 +162,7 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
                 [compare(_get(t, f"zero-shot {m}, kNN"), _get(t, "random-init encoder, kNN"),
                          "macro F1") for m in methods]),
         Finding("Zero-shot SSL embeddings beat the PCA baseline (kNN)",
-                "the paper proposes SSL embeddings beside PCA; its Fig. 2a compares both",
+                "SSL embeddings proposed beside PCA; Fig. 2a compares both",
                 [compare(_get(t, f"zero-shot {m}, kNN"), _get(t, "PCA-64, kNN"), "macro F1")
                  for m in methods]),
     ]

@@ -188,8 +188,11 @@ def _header(conf: ReproduceConfig, work: Path, page: Path, seeds: list[int], sec
         "row says how many of them the row's mean and sd are over. Each seed re-runs "
         "pre-training, fine-tuning and the random train/val/test split of the CITE-seq cells.",
         f"- **Methods**: {', '.join(conf.methods)}.",
-        f"- **Census**: {_link(Path(census), page, census)}, built from `{conf.census_config}` "
-        f"(configs/census) over the shared data folder `{inputs.data_dir}`.",
+        "- **Census**: " + (f"`{census}`" if "://" in census
+                            else _link(Path(census), page, _shown(census))) + ", "
+        + (f"built from `{conf.census_config}` (configs/census) over the shared data folder "
+           f"`{inputs.data_dir}`." if Path(census) == work / "census"
+           else "given with --census-uri."),
         f"- **Gene space**: {n_genes} genes ({_link(work / 'genes.txt', page, 'genes.txt')}): "
         f"{conf.gene_list}"
         + (f" restricted to the genes measured by {', '.join(conf.genes_measured_by)}"
@@ -385,6 +388,14 @@ def _method_notes(conf: ReproduceConfig) -> list[str]:
         "are rewritten from the reports after every phase of every seed.",
         "",
     ]
+
+
+def _shown(path: str) -> str:
+    """A local path as the reader would type it from where make reproduce ran."""
+    try:
+        return Path(path).resolve().relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        return path
 
 
 def _rel(path: Path, page: Path) -> str:
