@@ -234,7 +234,7 @@ def _section_transfer(conf: ReproduceConfig, table: res.Table, figure: Path,
     return [
         "## 1. Transfer: pre-train on auxiliary data, fine-tune on kang, test on held-out donors",
         "",
-        "Pre-training on the auxiliary store (every primary 10x dataset but kang's); fine-tuning "
+        "Pre-training on the auxiliary store (its datasets: the store table above); fine-tuning "
         "the classifier on kang's training donors; kNN (k = 5) rows classify each test cell by "
         "its nearest validation-donor cells in the embedding; classifier rows are the head's "
         "own predictions. The random-init encoder (drawn with seed 0 by the evaluation stage) does "
