@@ -180,10 +180,10 @@ def _header(conf: ReproduceConfig, work: Path, page: Path, seeds: list[int], sec
         f"Generated {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} from config "
         f"`{conf.source}` (`{conf.name}`) at commit `{_git_commit()}`.",
         "",
-        f"- **Run time**: {seconds / 60:.1f} min for this invocation of `make reproduce` "
-        f"(runs already finished are reused); {recorded / 60:.1f} min of training and "
-        f"evaluation recorded by all runs; {os.cpu_count()} CPU cores, device "
-        f"`{conf.device}`.",
+        f"- **Run time**: {recorded / 60:.1f} min of training and evaluation, the sum of "
+        f"what each run recorded; {os.cpu_count()} CPU cores, device `{conf.device}`. The "
+        f"invocation of `make reproduce` that wrote this page took {seconds / 60:.1f} min "
+        "(steps finished earlier with the same settings are reused, not rerun).",
         f"- **Seeds**: {', '.join(map(str, seeds))} configured; the `seeds` column of each "
         "row says how many of them the row's mean and sd are over. Each seed re-runs "
         "pre-training, fine-tuning and the random train/val/test split of the CITE-seq cells.",
