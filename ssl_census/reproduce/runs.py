@@ -128,6 +128,14 @@ class Experiment:
 
     def __init__(self, conf: ReproduceConfig, work: Path, inputs: Inputs) -> None:
         self.conf, self.work, self.inputs = conf, work, inputs
+        self._ids: dict[Path, str] = {}
+
+    def _id(self, path: Path) -> str:
+        """data.identity of an input, computed once: planning asks for it step after step and
+        the inputs are fixed while the experiment runs."""
+        if path not in self._ids:
+            self._ids[path] = identity(path)
+        return self._ids[path]
 
     def _dir(self, seed: int, *parts: str) -> Path:
         return runs_root(self.conf, self.work) / f"seed{seed}" / Path(*parts)
@@ -150,8 +158,8 @@ class Experiment:
             "method": method, "device": self.conf.device, "train": {"seed": seed},
             "options": self.conf.method_options.get(method, {}),
             "gene_sets": str(self.inputs.data_dir / gene_sets) if gene_sets else None})
-        inputs = {"stage": "pretrain", "config": cfg, "shards": identity(store),
-                  "gene_sets": identity(self.inputs.data_dir / gene_sets) if gene_sets else None}
+        inputs = {"stage": "pretrain", "config": cfg, "shards": self._id(store),
+                  "gene_sets": self._id(self.inputs.data_dir / gene_sets) if gene_sets else None}
         return Step("train", f"pretrain {method} seed {seed}", out, inputs,
                     lambda: run_pretraining(cfg, store, out))
 
@@ -164,7 +172,7 @@ class Experiment:
         cfg = _stage_config(task, "finetune", self.conf.finetune[task], {
             "device": self.conf.device, "train": {"seed": seed}, **(extra or {})})
         inputs = {"stage": task, "config": cfg, "init": init.key if init else "random",
-                  **{k: identity(v) for k, v in data.items()}}
+                  **{k: self._id(v) for k, v in data.items()}}
         start = str(init.path) if init else "random"
         return Step("train", f"finetune {task} {name} seed {seed}", out, inputs,
                     lambda: _jsonable(run_finetune(task, cfg, out, start, **data)))
@@ -194,11 +202,11 @@ class Experiment:
             common = {"run": run.key, "options": asdict(options)}
             evals += [
                 Step("evaluation", f"evaluate {name} seed {seed} (kang)",
-                     run.path / "evaluation" / "kang.json", {**common, "shards": identity(kang)},
+                     run.path / "evaluation" / "kang.json", {**common, "shards": self._id(kang)},
                      lambda run=run: evaluate_shards(run.path, kang, options)),
                 Step("evaluation", f"evaluate {name} seed {seed} (unseen)",
                      run.path / "evaluation" / "unseen.json",
-                     {**common, "h5ad": identity(h5ad), "label_key": label_key},
+                     {**common, "h5ad": self._id(h5ad), "label_key": label_key},
                      lambda run=run: evaluate_h5ad(run.path, h5ad, label_key, options)),
             ]
         return [*runs.values(), *evals]
@@ -231,7 +239,7 @@ class Experiment:
         scores = []
         max_cells = self.conf.integration_max_cells
         for ds, (h5ad, label_key, batch_key) in self.inputs.integration.items():
-            inputs = {"runs": {n: r.key for n, r in runs.items()}, "h5ad": identity(h5ad),
+            inputs = {"runs": {n: r.key for n, r in runs.items()}, "h5ad": self._id(h5ad),
                       "label_key": label_key, "batch_key": batch_key, "seed": seed,
                       "max_cells": max_cells}
             scores.append(Step(
@@ -260,7 +268,7 @@ class Experiment:
             for seed in self.conf.seeds:
                 for step in self.steps(phase, seed):
                     recorded = step.recorded_key()
-                    if recorded is not None and recorded != step.key and step.path.exists():
+                    if recorded is not None and recorded != step.key:
                         print(f"[stale] {step.what}: made with other settings or inputs, "
                               "removed")
                         step.remove()

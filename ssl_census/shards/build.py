@@ -122,8 +122,8 @@ def check_out_dir(out: Path, build_id: str, replace: bool = False) -> bool:
     or half-built store of another build instead); True when it is complete."""
     manifest = read_manifest(out)
     recorded = _read_json(out / BUILD_FILE)
-    other = (manifest or recorded or {}).get("build_id", build_id) != build_id
-    if replace and other:
+    owner = (manifest or recorded or {}).get("build_id")  # None: not made by a shards build
+    if replace and owner not in (None, build_id):
         shutil.rmtree(out)
         return False
     if manifest is not None and manifest.get("build_id") != build_id:
