@@ -41,7 +41,8 @@ def test_ensembl_file_maps_by_id_and_is_normalised_like_the_shards(shared_data, 
     lib = raw.X[i][:, np.flatnonzero(in_model)].sum()
     assert cells.x[i, j_model] == pytest.approx(np.log1p(col[i] / lib * 1e4), rel=1e-6)
     sums = np.expm1(cells.x.astype(np.float64)).sum(1).A1
-    np.testing.assert_allclose(sums[cells.library_size > 0], 1e4, rtol=1e-4)
+    np.testing.assert_allclose(sums[cells.x.getnnz(1) > 0], 1e4, rtol=1e-4)
+    assert (cells.source, cells.kind) == ("X", "raw counts")
 
 
 def test_symbol_files_match_with_and_without_reference_prefix(shared_data, sctab_var):
@@ -65,13 +66,24 @@ def _write(tmp_path, adata, name="x.h5ad"):
     return p
 
 
-def test_bad_files_are_refused(shared_data, sctab_var, tmp_path):
+def test_log_normalised_files_are_read_and_scaled_ones_refused(shared_data, sctab_var,
+                                                                 tmp_path):
     raw = ad.read_h5ad(shared_data / "h5ad" / "zheng_sorted_mudan.h5ad")[:200]
+    from_counts = load_unseen(_write(tmp_path, raw, "c.h5ad"), sctab_var)
     normed = raw.copy()
     x = normed.X.toarray()
     normed.X = sp.csr_matrix(np.log1p(x / x.sum(1, keepdims=True) * 1e4))
-    with pytest.raises(UserError, match="non-integer"):
-        load_unseen(_write(tmp_path, normed), sctab_var)
+    from_log = load_unseen(_write(tmp_path, normed), sctab_var)
+    assert from_log.kind == "log1p-normalised values"
+    assert abs(from_log.x - from_counts.x).max() < 1e-5
+    scaled = normed.copy()
+    scaled.X = (x - x.mean(0)) / (x.std(0) + 1e-9)
+    with pytest.raises(UserError, match="X holds scaled or centred values"):
+        load_unseen(_write(tmp_path, scaled, "s.h5ad"), sctab_var)
+
+
+def test_bad_files_are_refused(shared_data, sctab_var, tmp_path):
+    raw = ad.read_h5ad(shared_data / "h5ad" / "zheng_sorted_mudan.h5ad")[:200]
     renamed = raw.copy()
     renamed.var_names = [f"gene{i}" for i in range(renamed.n_vars)]
     with pytest.raises(UserError, match="none of the"):

@@ -8,6 +8,9 @@ import click
 
 from ssl_census.core.errors import UserError
 
+LAYER_HELP = ("where the values are: a layer name, or 'raw' for adata.raw.X [default: X, "
+              "or .raw / layers['counts'] when X holds no counts or log1p-normalised values]")
+
 
 @click.command()
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True,
@@ -17,7 +20,7 @@ from ssl_census.core.errors import UserError
 @click.option("--label-key", help="obs column with the cell types (with --h5ad)")
 @click.option("--batch-key", help="obs column of batches: integration scores (scib-metrics); "
               "with --h5ad also the groups of leave-one-group-out kNN")
-@click.option("--layer", help="h5ad layer with raw counts (default X)")
+@click.option("--layer", help=LAYER_HELP)
 @click.option("--json", "json_path", type=click.Path(path_type=Path),
               help="report path (default <run>/evaluation/<name>.json); .md and .png beside it")
 @click.option("--batch-size", type=int, default=8192, show_default=True)
@@ -59,15 +62,21 @@ def evaluate(run_dir: Path, shards: Path | None, h5ad: Path | None, label_key: s
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True)
 @click.option("--h5ad", type=click.Path(path_type=Path), required=True, help="input h5ad")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output h5ad")
-@click.option("--layer", help="layer with raw counts (default X)")
-@click.option("--batch-size", type=int, default=4096, show_default=True)
+@click.option("--layer", help=LAYER_HELP)
+@click.option("--batch-size", type=click.IntRange(1), default=4096, show_default=True,
+              help="cells read, embedded and written at a time (memory does not grow with "
+              "the file)")
 @click.option("--device", default="cpu", show_default=True)
 def embed(run_dir: Path, h5ad: Path, out: Path, layer: str | None, batch_size: int,
           device: str) -> None:
     """Embed an h5ad's cells: obsm['X_ssl_census'], and predicted cell types in obs when the
-    run has a classifier head."""
-    from ssl_census.evaluation.annotate import embed_h5ad
+    run has a classifier head; streamed to a copy of the input, which keeps everything else."""
+    from ssl_census.evaluation.model import load_model
 
-    info = embed_h5ad(run_dir, h5ad, out, layer=layer, batch_size=batch_size, device=device)
-    click.echo(f"{info['genes_matched']} of {info['n_model_genes']} model genes matched "
-               f"(by {info['gene_column']}); {info['n_cells']} cells embedded -> {out}")
+    model = load_model(run_dir, device=device)
+    card = model.embed_h5ad(h5ad, out, layer=layer, batch_size=batch_size,
+                            on_note=lambda line: click.echo(f"note: {line}", err=True))
+    labelled = " and labelled" if model.has_classifier else ""
+    click.echo(f"{card['genes_matched']} of {card['n_model_genes']} model genes matched "
+               f"(by {card['gene_column']}); {card['n_cells']} cells embedded{labelled} from "
+               f"{card['values_from']} ({card['values_found']}) -> {out}")

@@ -12,6 +12,8 @@ import torch
 from ssl_census.core.progress import progress
 from ssl_census.tasks.arrays import ArrayLoader
 
+BLOCK_ROWS = 256
+
 
 def split_loader(shards: Path, split: str, batch_size: int, device: str | torch.device,
                  workers: int | None = None):
@@ -67,3 +69,30 @@ def split_batches(shards: Path, split: str, batch_size: int = 8192,
         x = batch.x
         yield sp.csr_matrix((x.values().numpy(), x.col_indices().numpy(),
                              x.crow_indices().numpy()), shape=tuple(x.shape))
+
+
+@torch.no_grad()
+def forward_blocks(encoder: torch.nn.Module, head: torch.nn.Module | None, x: sp.csr_matrix,
+                   device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray | None]:
+    """``(encoder(x), head(encoder(x)))`` for the rows of ``x``, run on blocks of exactly
+    BLOCK_ROWS rows (the last zero-padded, the padding dropped).
+
+    Matrix kernels take other paths for other row counts (a batch of one or of 65 rows differs
+    in the last bits from the same rows inside a batch of 256), so a fixed block makes a cell's
+    result independent of the batch size and of the cells beside it, bit for bit. Densified a
+    block at a time, so memory is BLOCK_ROWS x genes whatever the chunk size.
+    """
+    n = x.shape[0]
+    z_parts, logit_parts = [], []
+    for start in range(0, n, BLOCK_ROWS):
+        rows = x[start : start + BLOCK_ROWS]
+        dense = np.zeros((BLOCK_ROWS, x.shape[1]), dtype=np.float32)
+        rows.toarray(out=dense[: rows.shape[0]])
+        z = encoder(torch.from_numpy(dense).to(device))
+        z_parts.append(z[: rows.shape[0]].float().cpu().numpy())
+        if head is not None:
+            logit_parts.append(head(z)[: rows.shape[0]].float().cpu().numpy())
+    width = getattr(encoder, "latent_dim", 0)
+    z_all = np.concatenate(z_parts) if z_parts else np.empty((0, width), dtype=np.float32)
+    logits = np.concatenate(logit_parts) if logit_parts else None
+    return z_all, logits

@@ -1,5 +1,7 @@
 """Cells from a dataset the model never saw (an h5ad), brought into the model's gene space.
 
+The matrix read is X, a named layer or ``.raw`` (see :func:`resolve`); it may hold raw
+counts, log1p-normalised values or per-cell scaled counts (:mod:`ssl_census.evaluation.inputs`).
 Genes are matched by Ensembl ID (version suffix ignored) or by symbol (a reference prefix such
 as ``hg19_`` stripped), in whichever identifier column matches most genes; genes the model has
 but the file lacks stay zero. Values are then normalised exactly as the shards are
@@ -9,8 +11,10 @@ counts, log1p), so a cell looks to the model as it would have in a shard store.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,8 +23,21 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from ssl_census.core.errors import UserError, require_file
-from ssl_census.shards.values import normalise
+from ssl_census.core.errors import UserError
+from ssl_census.evaluation.inputs import (
+    COUNTS,
+    LOG1P,
+    CellSource,
+    Finding,
+    holds,
+    open_h5ad,
+    quiet_anndata,
+    recognise,
+    sources_in_memory,
+)
+from ssl_census.shards.values import normalise, normalise_scaled
+
+log = logging.getLogger(__name__)
 
 _PREFIX = re.compile(r"^(hg19|hg38|grch37|grch38|mm10)[_\-]+", re.IGNORECASE)
 _ENSEMBL = re.compile(r"^ENS[A-Z]*G\d+", re.IGNORECASE)
@@ -47,6 +64,11 @@ class GeneMatch:
     @property
     def n_matched(self) -> int:
         return len(self.matched_genes)
+
+    @property
+    def coverage(self) -> float:
+        """The fraction of the model's genes the file has."""
+        return self.n_matched / self.n_model_genes if self.n_model_genes else 0.0
 
 
 def _lookup(model_var: pd.DataFrame) -> dict[str, int]:
@@ -89,23 +111,12 @@ def match_genes(file_var: pd.DataFrame, model_var: pd.DataFrame) -> GeneMatch:
     return GeneMatch(target, col, len(model_var), matched)
 
 
-def check_raw_counts(x: sp.csr_matrix, what: str) -> None:
-    """Refuse normalised or log-transformed values: the model expects raw integer counts."""
-    sample = x.data[:_INTEGER_CHECK_ENTRIES]
-    if len(sample) == 0:
-        raise UserError(f"{what} holds no non-zero counts", "give a file with raw UMI counts")
-    if np.any(sample < 0) or not np.all(np.equal(np.mod(sample, 1), 0)):
-        raise UserError(
-            f"{what} holds non-integer or negative values (normalised or log-transformed data)",
-            "give the raw integer counts (e.g. adata.raw or a 'counts' layer via --layer)",
-        )
-
-
 def to_model_space(x: sp.csr_matrix, match: GeneMatch) -> sp.csr_matrix:
-    """Raw counts with columns moved to the model's gene positions (unmatched genes dropped)."""
+    """``x`` with columns moved to the model's gene positions (unmatched genes dropped); a
+    model gene receives at most one file gene, so values are moved, never summed."""
     cols = np.flatnonzero(match.target >= 0)
     move = sp.csr_matrix(
-        (np.ones(len(cols), dtype=np.float32), (cols, match.target[cols])),
+        (np.ones(len(cols), dtype=x.dtype), (cols, match.target[cols])),
         shape=(x.shape[1], match.n_model_genes),
     )
     out = sp.csr_matrix(x @ move)
@@ -114,26 +125,143 @@ def to_model_space(x: sp.csr_matrix, match: GeneMatch) -> sp.csr_matrix:
     return out
 
 
+
+
+def model_values(chunk: sp.csr_matrix, kind: str, match: GeneMatch) -> sp.csr_matrix:
+    """Cells (CSR, values of ``kind``) in the model's gene space, normalised as the shards
+    are: raw counts go through the build's own integer path; log1p-normalised values are
+    ``expm1``-ed first, and per-cell scaled values renormalised as they are (the per-cell
+    factor cancels in the library size)."""
+    if kind == COUNTS:
+        moved = to_model_space(chunk, match)
+        data, _ = normalise(moved.indptr, moved.data.astype(np.int64))
+    else:
+        y = chunk.astype(np.float64)
+        if kind == LOG1P:
+            np.expm1(y.data, out=y.data)
+        moved = to_model_space(y, match)
+        data = normalise_scaled(moved.indptr, moved.data)
+    return sp.csr_matrix((data, moved.indices, moved.indptr), shape=moved.shape)
+
+
+# -- which matrix to read ---------------------------------------------------------------------
+
+AUTO_SOURCES = ("X", ".raw", "layers['counts']")
+MIN_GENE_COVERAGE = 0.5  # below this fraction of the model's genes, say so
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The matrix the model reads, what it holds, and how its genes map."""
+
+    source: CellSource
+    kind: str
+    match: GeneMatch
+    notes: tuple[str, ...]
+
+
+def _candidates(sources: list[CellSource], layer: str | None, what: str) -> list[CellSource]:
+    by_where = {s.where: s for s in sources}
+    if layer is None:
+        return [by_where[w] for w in AUTO_SOURCES if w in by_where]
+    if layer == "raw" and ".raw" in by_where:
+        return [by_where[".raw"]]
+    if f"layers[{layer!r}]" in by_where:
+        return [by_where[f"layers[{layer!r}]"]]
+    names = (["raw (.raw)"] if ".raw" in by_where else []) + [
+        s.where[8:-2] for s in sources if s.where.startswith("layers[")]
+    missing = ".raw and no layer 'raw'" if layer == "raw" else f"layer {layer!r}"
+    raise UserError(f"{what} has no {missing}",
+                    f"use one of: {', '.join(names) or '(none: leave the layer out, X is read)'}")
+
+
+def _refusal(what: str, checked: list[tuple[CellSource, Finding]],
+             sources: list[CellSource], layer: str | None) -> UserError:
+    found = [f"{s.where} holds {f.detail}" for s, f in checked]
+    if layer is None:
+        seen = {s.where for s, _ in checked}
+        found += [f"no {w}" for w in AUTO_SOURCES if w not in seen]
+        others = [s.where for s in sources if s.where not in AUTO_SOURCES]
+        if others:
+            found.append(f"not checked: {', '.join(others)}")
+    return UserError(
+        f"no values the model can read in {what}: {'; '.join(found)}",
+        "give raw counts or log1p-normalised values (of counts scaled per cell) in X, .raw or "
+        "layers['counts'], or name the layer that holds them (--layer NAME, layer=NAME)",
+    )
+
+
+def _source_note(chosen: CellSource, kind: str, match: GeneMatch,
+                 checked: list[tuple[CellSource, Finding, GeneMatch | None]]) -> str | None:
+    if chosen.where == "X":
+        return None
+    x = next(((f, m) for s, f, m in checked if s.where == "X"), None)
+    reading = f"reading {chosen.where} ({kind}, {match.n_matched} of the model's genes)"
+    if x is None:
+        return f"there is no X; {reading}"
+    if x[0].kind is None:
+        return f"X holds {x[0].detail}; {reading} instead"
+    n_x = x[1].n_matched if x[1] is not None else 0
+    return f"{reading} rather than X ({x[0].kind}, {n_x} of the model's genes)"
+
+
+def coverage_note(match: GeneMatch) -> str | None:
+    """One line when the file has fewer than MIN_GENE_COVERAGE of the model's genes."""
+    if match.coverage >= MIN_GENE_COVERAGE:
+        return None
+    return (f"only {match.n_matched} of the model's {match.n_model_genes} genes "
+            f"({match.coverage:.1%}) are in the file, under the {MIN_GENE_COVERAGE:.0%} this "
+            "tool warns at: the missing genes are read as zero (not expressed), so the "
+            "embedding and the predictions rest on fewer genes than the model learnt from and "
+            "are less reliable")
+
+
+def resolve(sources: list[CellSource], layer: str | None, model_var: pd.DataFrame,
+            what: str) -> Resolved:
+    """Choose the matrix to read: the named ``layer`` ('raw' = .raw), or without one the first
+    of X, .raw, layers['counts'] that holds values the model can read, preferring another to
+    X only when it has more of the model's genes. Refuses, in one line, when none does."""
+    candidates = _candidates(sources, layer, what)
+    checked = []
+    for source in candidates:
+        finding = recognise(source.sample())
+        match = match_genes(source.var, model_var) if finding.kind else None
+        checked.append((source, finding, match))
+    usable = [(s, f, m) for s, f, m in checked if f.kind and m is not None]
+    if not usable:
+        raise _refusal(what, [(s, f) for s, f, _ in checked], sources, layer)
+    source, finding, match = max(usable, key=lambda c: c[2].n_matched)  # first wins a tie
+    if match.n_matched == 0:
+        raise UserError(
+            f"none of the {len(source.var)} genes of {what} is in the model's gene space",
+            "name genes by Ensembl ID or HGNC symbol (in var_names or a var column)",
+        )
+    assert finding.kind is not None
+    notes = [source.note, _source_note(source, finding.kind, match, checked) if layer is None
+             else None, coverage_note(match)]
+    return Resolved(source, finding.kind, match, tuple(n for n in notes if n))
+
+
+# -- a whole file in memory (evaluate --h5ad, cross-modality) ---------------------------------
+
+
 @dataclass(frozen=True)
 class UnseenCells:
-    """An h5ad's cells in the model's gene space: log1p values and raw counts (cells x genes)."""
+    """An h5ad's cells in the model's gene space, log1p-normalised (cells x genes)."""
 
     adata: ad.AnnData
     x: sp.csr_matrix  # float32 log1p(counts / library_size * 1e4)
-    counts: sp.csr_matrix  # float32 raw counts, model genes only
-    library_size: np.ndarray
     match: GeneMatch
+    source: str  # the matrix read: X, .raw or a layer
+    kind: str  # what it held (inputs.KINDS)
 
 
-def _matrix(adata: ad.AnnData, layer: str | None, path: Path) -> sp.csr_matrix:
-    if layer is None:
-        m = adata.X
-    elif layer not in adata.layers:
-        raise UserError(f"{path} has no layer {layer!r}",
-                        f"use one of: {', '.join(adata.layers) or '(none: leave --layer out)'}")
-    else:
-        m = adata.layers[layer]
-    return sp.csr_matrix(m, dtype=np.float32)
+def read_h5ad(path: str | os.PathLike[str]) -> ad.AnnData:
+    """A whole h5ad in memory, or one line saying why it cannot be read."""
+    with open_h5ad(path):
+        pass
+    with quiet_anndata():
+        return ad.read_h5ad(path)
 
 
 def load_unseen(
@@ -141,24 +269,26 @@ def load_unseen(
     model_var: pd.DataFrame,
     layer: str | None = None,
     required_obs: tuple[str, ...] = (),
+    on_note: Callable[[str], None] = log.warning,
 ) -> UnseenCells:
     """Read ``path`` and bring its cells into ``model_var``'s gene space, normalised."""
     path = Path(path)
-    require_file(path, "h5ad file")
-    adata = ad.read_h5ad(path)
+    adata = read_h5ad(path)
     for key in required_obs:
         if key not in adata.obs.columns:
             raise UserError(f"{path} has no obs column {key!r}",
                             f"use one of: {', '.join(map(str, adata.obs.columns)) or '(none)'}")
-    raw = _matrix(adata, layer, path)
-    check_raw_counts(raw, f"{path}" + (f" layer {layer!r}" if layer else " X"))
-    match = match_genes(adata.var, model_var)
-    if match.n_matched == 0:
-        raise UserError(
-            f"none of the {adata.n_vars} genes of {path} is in the model's gene space",
-            "name genes by Ensembl ID or HGNC symbol (in var_names or a var column)",
-        )
-    counts = to_model_space(raw, match)
-    data, lib = normalise(counts.indptr, counts.data.astype(np.int64))
-    x = sp.csr_matrix((data, counts.indices, counts.indptr), shape=counts.shape)
-    return UnseenCells(adata, x, counts, lib, match)
+    resolved = resolve(sources_in_memory(adata), layer, model_var, str(path))
+    for note in resolved.notes:
+        on_note(note)
+    x = resolved.source.rows(0, adata.n_obs)
+    if not holds(x, resolved.kind):
+        raise mixed_values(resolved, 0)
+    return UnseenCells(adata, model_values(x, resolved.kind, resolved.match), resolved.match,
+                       resolved.source.where, resolved.kind)
+
+
+def mixed_values(resolved: Resolved, start: int) -> UserError:
+    return UserError(f"{resolved.source.where} holds {resolved.kind} in its first cells but "
+                     f"not in the cells from row {start} on",
+                     "give one kind of values (raw counts or log1p-normalised) for all cells")
