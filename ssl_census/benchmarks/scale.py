@@ -325,6 +325,8 @@ def plot(result: dict[str, Any], png: Path) -> None:
         for label, ys in series:
             ax.plot(x, ys, marker="o", label=label)
         ax.set_xscale("log")
+        if title == "cells/s":  # the stages differ by orders of magnitude
+            ax.set_yscale("log")
         ax.set_xlabel("cells in the census")
         ax.set_title(title)
         ax.legend()
