@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ssl_census.core import atomic
+from ssl_census.core.errors import UserError
 from ssl_census.core.measure import TreeRssSampler, directory_bytes, in_fresh_process
 
 DEFAULT_SIZES = (500_000, 2_000_000, 8_000_000, 22_200_000)
@@ -81,7 +82,7 @@ def verify_store(out: str) -> dict[str, Any]:
     return {"seconds": time.perf_counter() - t0, "ok": report.ok, "problems": report.problems[:5]}
 
 
-def curation_outcome(out: str, uri: str, n_cells: int) -> dict[str, Any]:
+def curation_outcome(out: str) -> dict[str, Any]:
     from ssl_census.census.synth import CELL_TYPES
     from ssl_census.shards.store import open_shards, read_parquet
 
@@ -135,7 +136,8 @@ def _gene_list(uri: str) -> str:
     root = data_dir()
     if root is not None and (root / SCTAB_FEATURES_FILE).is_file():
         return str(root / SCTAB_FEATURES_FILE)
-    raise RuntimeError("bench scale needs scTab's gene list: set SSL_CENSUS_DATA")
+    raise UserError("bench scale needs scTab's gene list",
+                    "set SSL_CENSUS_DATA to the shared data folder")
 
 
 def _tree_run(cmd: list[str], log: Path) -> tuple[float, int, int]:
@@ -226,7 +228,7 @@ def run_scale(work: Path, sizes: list[int], nnz_per_cell: int, workers: int,
         build["cells_per_s"] = build["cells_read"] / build["seconds"]
         build["store_bytes"] = directory_bytes(store)
         stage("verify", verify_store, str(store))
-        stage("curation", curation_outcome, str(store), str(uri), n)
+        stage("curation", curation_outcome, str(store))
         for ws in (1, 8):
             stage(f"loader_startup_ws{ws}", loader_startup, str(store), ws, batch_size,
                   loader_workers)
