@@ -215,10 +215,19 @@ def is_census_store(path: Path) -> bool:
     return path.exists() and (path.is_file() or any(path.iterdir()))
 
 
+def _codes(values: pd.Series) -> tuple[np.ndarray, pd.Index]:
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        codes = values.cat.codes.to_numpy()
+        if codes.min(initial=0) >= 0:  # no missing values: the codes as they are
+            return codes, values.cat.categories
+    codes, uniques = pd.factorize(values)
+    return codes, pd.Index(uniques)
+
+
 def _pair_counts(a: pd.Series, b: pd.Series, flag: np.ndarray):
     """Each distinct (a, b) pair of the rows as strings, with its rows and flagged rows."""
-    a_codes, a_values = pd.factorize(a)
-    b_codes, b_values = pd.factorize(b)
+    a_codes, a_values = _codes(a)
+    b_codes, b_values = _codes(b)
     pair = a_codes.astype(np.int64) * max(len(b_values), 1) + b_codes
     codes, inverse = np.unique(pair, return_inverse=True)
     n = np.bincount(inverse)
@@ -360,8 +369,9 @@ class CensusWriter:
             presence_uri = _new_sparse(rna, "feature_dataset_presence_matrix", pa.bool_(),
                                        (len(self.datasets), n_var))
             ds_rows, genes = np.nonzero(self.presence)
-            with soma.SparseNDArray.open(presence_uri, "w") as arr:
-                arr.write(_coo(ds_rows, genes, np.ones(len(genes), bool), pa.bool_()))
+            with soma.SparseNDArray.open(presence_uri, "w", context=self._x_context) as arr:
+                arr.write(_coo(ds_rows, genes, np.ones(len(genes), bool), pa.bool_()),
+                          platform_config=_SORTED_WRITE)
             self._rna_uri = rna.uri
             frame = self.datasets.copy()
             frame.insert(0, "soma_joinid", np.arange(len(frame), dtype=np.int64))
