@@ -72,6 +72,7 @@ _THETA_BINS = np.geomspace(0.05, 50.0, 24)
 _SUB_BLOCK_DRAWS = 4_000_000  # draws per vectorised step (bounds memory)
 _CURVE_NNZ = np.geomspace(1.0, 60_000.0, 96)  # grid of the draws-for-nnz curves
 _MAX_CELLS_PER_STEP = 65_535  # keys cell << 16 | gene stay within uint32
+_MAX_GENES = 65_536
 
 
 def _lut(weights: np.ndarray, bits: int, rng: np.random.Generator) -> np.ndarray:
@@ -152,6 +153,8 @@ class ExpressionModel:
                  nnz_range: tuple[int, int] | None = None) -> None:
         rng = np.random.default_rng([seed, 2])
         self.n_genes = len(var)
+        if self.n_genes > _MAX_GENES:
+            raise ValueError(f"{self.n_genes} genes: the sampler packs gene positions in 16 bits")
         coding = var["gene_biotype"].to_numpy() == "protein_coding"
         if coding.sum() < PROGRAMME_GENES:
             coding = np.ones(self.n_genes, dtype=bool)
@@ -168,7 +171,7 @@ class ExpressionModel:
         n_datasets = len(dataset_cells)
         n_nodes = 1 + max((max(n) for n in type_nodes if n), default=-1)
         # Programme rows: identity nodes, datasets, donors, states; genes in rank order.
-        self.rows = {"node": 0, "dataset": n_nodes, "donor": n_nodes + n_datasets,
+        self.rows = {"dataset": n_nodes, "donor": n_nodes + n_datasets,
                      "state": n_nodes + n_datasets + n_donors}
         n_rows = n_nodes + n_datasets + n_donors + N_STATES
         self.programmes = np.stack([rng.choice(self.coding, PROGRAMME_GENES, replace=False)
@@ -209,9 +212,8 @@ class ExpressionModel:
         live = self.base[self.base > 0]
         rank = _rank_weights()
 
-        def distinct(weights: np.ndarray, share: float | np.ndarray) -> np.ndarray:
-            m = draws * share
-            return np.array([(1.0 - np.exp(-x * weights)).sum() for x in np.atleast_1d(m)])
+        def distinct(weights: np.ndarray, share: float) -> np.ndarray:
+            return np.array([(1.0 - np.exp(-m * share * weights)).sum() for m in draws])
 
         fixed = sum(distinct(rank, s) for s in (DATASET_SHARE, DONOR_SHARE, STATE_SHARE))
         by_share: dict[float, np.ndarray] = {}

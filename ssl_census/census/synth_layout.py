@@ -68,12 +68,12 @@ class CensusLayout(Protocol):
     def cells(self, start: int, stop: int, rng: np.random.Generator) -> CellBlock: ...
 
 
-def dataset_sizes(shares: np.ndarray, n_cells: int) -> np.ndarray:
-    """Integer sizes in proportion to ``shares`` summing to ``n_cells`` (largest remainder)."""
-    exact = shares / shares.sum() * n_cells
-    sizes = np.floor(exact).astype(np.int64)
-    sizes[np.argsort(sizes - exact)[: n_cells - sizes.sum()]] += 1
-    return sizes
+def largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
+    """Integers in proportion to ``weights`` that sum to ``total`` (largest remainder)."""
+    exact = weights / weights.sum() * total
+    out = np.floor(exact).astype(np.int64)
+    out[np.argsort(out - exact)[: total - out.sum()]] += 1
+    return out
 
 
 class PbmcLayout:
@@ -88,7 +88,7 @@ class PbmcLayout:
         self.cell_types = tuple((t, label) for t, label, _ in CELL_TYPES)
         assays = [list(TENX_ASSAYS)[i % len(TENX_ASSAYS)] for i in range(n_datasets - 1)]
         assays.append("Smart-seq2")
-        sizes = dataset_sizes(rng.dirichlet(np.full(n_datasets, 4.0)), n_cells)
+        sizes = largest_remainder(rng.dirichlet(np.full(n_datasets, 4.0)), n_cells)
         starts = np.concatenate([[0], np.cumsum(sizes)])
         datasets = []
         for i in range(n_datasets):

@@ -38,7 +38,7 @@ import numpy as np
 import pandas as pd
 
 from ssl_census.census.synth_expression import CellBlock
-from ssl_census.census.synth_layout import CELL_TYPES, SynthDataset
+from ssl_census.census.synth_layout import CELL_TYPES, SynthDataset, largest_remainder
 from ssl_census.core.config import load_toml
 from ssl_census.core.errors import UserError
 from ssl_census.core.ontology import NATIVE_CELL, CellOntology
@@ -194,13 +194,6 @@ def choose_cell_types(ontology: CellOntology) -> pd.DataFrame:
     })
 
 
-def _largest_remainder(weights: np.ndarray, total: int) -> np.ndarray:
-    exact = weights / weights.sum() * total
-    out = np.floor(exact).astype(np.int64)
-    out[np.argsort(out - exact)[: total - out.sum()]] += 1
-    return out
-
-
 def _type_targets(types: pd.DataFrame, scale: SctabScale, n_eligible: int
                   ) -> tuple[np.ndarray, np.ndarray]:
     """Eligible cells and tech_samples of each type, as the roles require."""
@@ -228,7 +221,7 @@ def _type_targets(types: pd.DataFrame, scale: SctabScale, n_eligible: int
                         f"ask for --cells {MIN_PROFILE_CELLS} or more")
     order = kept[np.argsort([hashlib.sha256(t.encode()).hexdigest()
                              for t in types["cell_type_ontology_term_id"].to_numpy()[kept]])]
-    cells[order] = floor + _largest_remainder(zipf, rest)
+    cells[order] = floor + largest_remainder(zipf, rest)
     # Abundant types are in many tech_samples (the most abundant in all), rare ones in few.
     relative = np.sqrt(zipf / zipf[0])
     spread[order] = np.clip(np.round(n_tech * relative), max(min_tech + 2,
@@ -264,7 +257,7 @@ def _group(rng: np.random.Generator, n_datasets: int, n_tech: int, assays: list[
     size = np.exp(DATASET_SIZE_SD * rng.standard_normal(n_datasets))
     shares = np.array([s[4] for s in SYSTEMS])
     systems = rng.choice(len(SYSTEMS), n_datasets, p=shares / shares.sum())
-    donors = 1 + _largest_remainder(np.sqrt(size), max(n_tech - n_datasets, 0))
+    donors = 1 + largest_remainder(np.sqrt(size), max(n_tech - n_datasets, 0))
     dataset_of = np.repeat(np.arange(n_datasets), donors)
     weight = (size / donors)[dataset_of] * np.exp(DONOR_SIZE_SD
                                                   * rng.standard_normal(len(dataset_of)))
