@@ -48,6 +48,8 @@ __all__ = ["CELL_TYPES", "PROFILES", "SyntheticCensusModel", "write_synthetic_ce
 
 PROFILES = ("pbmc", "sctab")
 DEFAULT_DATASETS = 10  # of the pbmc profile
+BLOCK_NNZ = 3_200_000  # non-zeros per written block, by default ...
+BLOCK_CELLS = (8_192, 32_768)  # ... within these many cells
 
 
 def presence_matrix(layout: CensusLayout, coding: np.ndarray,
@@ -144,14 +146,15 @@ def write_synthetic_census(uri: str | os.PathLike[str], n_cells: int, seed: int 
                            profile: str = "pbmc", n_datasets: int | None = None,
                            nnz_per_cell: float | None = None,
                            nnz_range: tuple[int, int] | None = None,
-                           block_cells: int = 8_192, build_date: str = "2023-05-15"
+                           block_cells: int | None = None, build_date: str = "2023-05-15"
                            ) -> dict[str, Any]:
     """Write a synthetic census of ``n_cells`` cells at ``uri``; returns a summary dict.
 
     ``nnz_per_cell`` sets the mean number of non-zeros per cell (default: as fitted to real
     10x PBMC cells, about 950; lower it to fit large censuses on a disk); ``nnz_range`` clips
-    each cell's target into a range and caps it there. The sctab profile's summary adds the
-    curation thresholds it was designed for and the cell types they keep.
+    each cell's target into a range and caps it there. ``block_cells``: cells sampled and
+    written at a time (default: about 3.2M non-zeros, 8,192 to 32,768 cells). The sctab
+    profile's summary adds the curation thresholds it was designed for and the types they keep.
     """
     if nnz_per_cell is not None and nnz_per_cell < 1:
         raise UserError(f"--nnz-per-cell {nnz_per_cell} is below 1", "ask for 1 or more")
@@ -161,6 +164,9 @@ def write_synthetic_census(uri: str | os.PathLike[str], n_cells: int, seed: int 
     full_var = load_annotation(annotation, data_dir)
     model = SyntheticCensusModel(full_var, layout, seed, ontology, nnz_per_cell, nnz_range)
     var = full_var[["feature_id", "feature_name", "feature_length"]]
+    if block_cells is None:
+        # Fewer, larger TileDB writes cost less per cell; the bound keeps memory flat.
+        block_cells = int(np.clip(BLOCK_NNZ // model.expression.mean_nnz, *BLOCK_CELLS))
     nnz = 0
     with CensusWriter(uri, var, model.datasets_frame(), model.presence, n_cells, schema,
                       build_date, checked=False) as writer, \

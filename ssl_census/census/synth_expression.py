@@ -193,6 +193,11 @@ class ExpressionModel:
                                             if nnz_per_cell else 0.0)
         self.draws_curve = self._draws_curves()
 
+    @property
+    def mean_nnz(self) -> float:
+        """Expected non-zeros per cell (before any nnz_range clipping)."""
+        return float(np.exp(self.nnz_log_mean + NNZ_LOG_SD**2 / 2))
+
     def _node_slots(self, nodes: list[int]) -> np.ndarray:
         if not nodes:
             return np.zeros(_NODE_SLOTS, dtype=np.int64)
