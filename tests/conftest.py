@@ -19,17 +19,21 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
-def synth_census_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A 3,000-cell synthetic census (seed 0, schema 1.0.0), built once per session.
+def annotation_dir() -> Path | None:
+    """The data folder for a synthetic census's var: ../shared/data when it has the real
+    Ensembl 104 annotation, else None (the synthetic 60,664-gene stand-in)."""
+    return SHARED_DATA if (SHARED_DATA / "genes").is_dir() else None
 
-    Its var is the real Ensembl 104 annotation when ../shared/data is there, else the
-    synthetic 60,664-gene stand-in.
-    """
+
+@pytest.fixture(scope="session")
+def synth_census_uri(tmp_path_factory: pytest.TempPathFactory, annotation_dir: Path | None
+                     ) -> str:
+    """A 3,000-cell synthetic census (pbmc profile, seed 0, schema 1.0.0), built once per
+    session."""
     from ssl_census.census.synth import write_synthetic_census
 
     uri = tmp_path_factory.mktemp("census") / "synth-3000"
-    data = SHARED_DATA if (SHARED_DATA / "genes").is_dir() else None
-    write_synthetic_census(uri, 3_000, seed=0, data_dir=data)
+    write_synthetic_census(uri, 3_000, seed=0, data_dir=annotation_dir)
     return str(uri)
 
 

@@ -20,26 +20,53 @@ def census() -> None:
 @click.option("--cells", "n_cells", type=click.IntRange(min=10), required=True,
               help="Number of cells.")
 @click.option("--out", "out", required=True, help="Directory of the new store.")
+@click.option("--profile", type=click.Choice(["pbmc", "sctab"]), default="pbmc",
+              show_default=True,
+              help="pbmc: a small blood census; sctab: shaped like scTab's build of census "
+                   "2023-05-15 (249 datasets, 5,052 tech_samples, 164 kept types at 22.2M cells).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--schema", type=_SCHEMA, default="1.0.0", show_default=True,
               help="Census schema: 1.0.0 (as 2023-05-15) or a later one.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Shared data folder with genes/ (default $SSL_CENSUS_DATA; without it a "
                    "synthetic 60,664-gene annotation is used).")
-@click.option("--datasets", "n_datasets", type=click.IntRange(min=3), default=10,
-              show_default=True)
-@click.option("--min-nnz", type=click.IntRange(min=1), default=1_000, show_default=True)
-@click.option("--max-nnz", type=click.IntRange(min=1), default=3_000, show_default=True)
-def synth(n_cells: int, out: str, seed: int, schema: str, data_dir: str | None,
-          n_datasets: int, min_nnz: int, max_nnz: int) -> None:
+@click.option("--datasets", "n_datasets", type=click.IntRange(min=3), default=None,
+              help="Datasets of the pbmc profile [default: 10].")
+@click.option("--nnz-per-cell", type=click.FloatRange(min=1), default=None,
+              help="Mean non-zeros per cell [default: as fitted to real 10x cells, about 950]; "
+                   "lower it to fit many cells on a disk.")
+@click.option("--min-nnz", type=click.IntRange(min=1), default=None,
+              help="Clip each cell's non-zeros target to at least this.")
+@click.option("--max-nnz", type=click.IntRange(min=1), default=None,
+              help="At most this many non-zeros per cell.")
+@click.option("--shards-config", "shards_config_path", type=click.Path(dir_okay=False),
+              default=None, help="sctab profile: also write the shards config (TOML) whose "
+                                 "curation thresholds this size was designed for.")
+def synth(n_cells: int, out: str, profile: str, seed: int, schema: str, data_dir: str | None,
+          n_datasets: int | None, nnz_per_cell: float | None, min_nnz: int | None,
+          max_nnz: int | None, shards_config_path: str | None) -> None:
     """Write a seeded synthetic census (streamed; any number of cells)."""
+    from pathlib import Path
+
     from ssl_census.census.synth import write_synthetic_census
+    from ssl_census.census.synth_sctab import SctabScale, shards_config
+    from ssl_census.core.config import toml_dumps
     from ssl_census.core.errors import UserError
 
-    if min_nnz > max_nnz:
+    if min_nnz is not None and max_nnz is not None and min_nnz > max_nnz:
         raise UserError("--min-nnz is larger than --max-nnz", "swap the two values")
+    if shards_config_path is not None and profile != "sctab":
+        raise UserError("--shards-config needs --profile sctab",
+                        "use the synthetic preset (--config synthetic) for the pbmc profile")
+    nnz_range = None
+    if min_nnz is not None or max_nnz is not None:
+        nnz_range = (min_nnz or 1, max_nnz or 1_000_000)
     summary = write_synthetic_census(out, n_cells, seed=seed, schema=schema, data_dir=data_dir,
-                                     n_datasets=n_datasets, nnz_range=(min_nnz, max_nnz))
+                                     profile=profile, n_datasets=n_datasets,
+                                     nnz_per_cell=nnz_per_cell, nnz_range=nnz_range)
+    if shards_config_path is not None:
+        Path(shards_config_path).write_text(toml_dumps(shards_config(SctabScale.at(n_cells))))
+        summary["shards_config"] = shards_config_path
     click.echo(json.dumps(summary, indent=2))
 
 

@@ -7,6 +7,7 @@ top-level ``configs/`` of the repository is a link to the same folder, for readi
 
 from __future__ import annotations
 
+import json
 import tomllib
 from collections.abc import Mapping
 from importlib import resources
@@ -61,3 +62,24 @@ def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, An
         else:
             out[k] = v
     return out
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list | tuple):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
+
+
+def toml_dumps(config: Mapping[str, Any], prefix: str = "") -> str:
+    """Nested dicts of scalars and lists as TOML (enough for configs; None values are left out)."""
+    lines = [f"{k} = {_toml_value(v)}" for k, v in config.items()
+             if v is not None and not isinstance(v, Mapping)]
+    for k, v in config.items():
+        if isinstance(v, Mapping):
+            name = f"{prefix}{k}"
+            lines += ["", f"[{name}]", toml_dumps(v, name + ".").strip()]
+    return "\n".join(lines).strip() + "\n"

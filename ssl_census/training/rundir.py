@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ssl_census.core import atomic
+from ssl_census.core.config import toml_dumps
 from ssl_census.core.errors import UserError
 from ssl_census.models.mlp import Encoder
 
@@ -28,27 +29,6 @@ CARD = "model_card.json"
 CONFIG = "config.toml"
 METRICS = "metrics.jsonl"
 RUN_FORMAT = "ssl-census-run/1"
-
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    return json.dumps(str(v))  # a JSON string is a valid TOML basic string
-
-
-def toml_dumps(config: Mapping[str, Any], prefix: str = "") -> str:
-    """Nested dicts of scalars and lists as TOML (enough for configs; None values are left out)."""
-    lines = [f"{k} = {_toml_value(v)}" for k, v in config.items()
-             if v is not None and not isinstance(v, Mapping)]
-    for k, v in config.items():
-        if isinstance(v, Mapping):
-            name = f"{prefix}{k}"
-            lines += ["", f"[{name}]", toml_dumps(v, name + ".").strip()]
-    return "\n".join(lines).strip() + "\n"
 
 
 class RunDir:
