@@ -9,7 +9,7 @@ SHARDS_OUT ?= $(WORK)/shards
 REPRODUCE_CONFIG ?= paper
 export SSL_CENSUS_DATA ?= $(abspath ../shared/data)
 
-.PHONY: install test demo shards bench lint reproduce
+.PHONY: install test demo shards bench lint reproduce wheel-check
 
 # torch first and pinned: an open torch requirement pulls gigabytes of CUDA packages.
 install: .installed
@@ -20,6 +20,26 @@ install: .installed
 
 test: install
 	$(PYTHON) -m pytest -q -p no:cacheprovider
+
+# The package as a user gets it: a wheel installed into a fresh virtual environment (system
+# site-packages visible, so torch and the other dependencies are not downloaded again), run
+# from a folder outside this tree on a tiny synthetic store: the presets must come from the
+# wheel. --no-index: every dependency must already be satisfied; --without-pip: the venv's own
+# (older) setuptools would hide the one torch requires. build/ goes first: setuptools packs whatever a stale build/lib still holds.
+WHEEL_CHECK ?= $(or $(TMPDIR),/tmp)/ssl-census-wheel-check
+wheel-check: install
+	rm -rf build $(WHEEL_CHECK) && mkdir -p $(WHEEL_CHECK)
+	$(PIP) wheel -q --no-deps --no-build-isolation . -w $(WHEEL_CHECK)/dist
+	$(PYTHON) -m venv --system-site-packages --without-pip $(WHEEL_CHECK)/venv
+	$(PIP) --python $(WHEEL_CHECK)/venv/bin/python install -q --no-index $(WHEEL_CHECK)/dist/*.whl
+	cd $(WHEEL_CHECK) && env -u PYTHONPATH sh -e -c ' \
+		venv/bin/python -c "import ssl_census, sys; sys.exit(\"$(WHEEL_CHECK)/venv/\" not in ssl_census.__file__)"; \
+		venv/bin/ssl-census census synth --cells 2000 --out census > /dev/null; \
+		venv/bin/ssl-census shards build --census-uri census --config synthetic --out shards \
+			--workers 1 $(if $(GENE_LIST),--gene-list $(abspath $(GENE_LIST))) > /dev/null; \
+		venv/bin/ssl-census pretrain --method random_mask --shards shards --out run \
+			--hidden 64,16 --batch-size 128 --max-steps 4 --val-every 2 --val-batches 1 --workers 1'
+	rm -rf $(WHEEL_CHECK)
 
 lint: install
 	$(PYTHON) -m ruff check ssl_census tests

@@ -61,3 +61,23 @@ def real_shards_dir(tmp_path_factory: pytest.TempPathFactory, real_census_uri: s
                  gene_list=str(shared_data / "genes" / "scTab_features.parquet"), workers=1,
                  parts_dir=out.parent / "parts-cache")
     return out
+
+
+@pytest.fixture(scope="session")
+def synth_shards_dir(tmp_path_factory: pytest.TempPathFactory, synth_census_uri: str) -> Path:
+    """Shards of the synthetic census (configs/shards/synthetic.toml), built once per session,
+    over the annotation's protein-coding genes (the ones the census's programmes draw from):
+    16 cell types, train / val / test by donor."""
+    from ssl_census.census.genes import load_annotation
+    from ssl_census.shards.build import build_shards
+    from ssl_census.shards.config import load_shards_config
+
+    folder = tmp_path_factory.mktemp("shards")
+    annotation = load_annotation(data=SHARED_DATA if (SHARED_DATA / "genes").is_dir() else None)
+    genes = annotation.loc[annotation["gene_biotype"] == "protein_coding", "feature_name"]
+    gene_list = folder / "genes.txt"
+    gene_list.write_text("\n".join(genes.astype(str)) + "\n")
+    out = folder / "synth-3000"
+    build_shards(out, load_shards_config("synthetic"), census_uri=synth_census_uri,
+                 gene_list=str(gene_list), workers=1)
+    return out

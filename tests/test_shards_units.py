@@ -90,12 +90,45 @@ def test_take_and_concat_rows_match_scipy():
     assert len(idx2) == ref.nnz + m.nnz
 
 
-def test_bucket_bounds_cover_all_rows_within_budget():
+def test_shard_tasks_cover_every_element_once_with_the_cells_that_hold_them():
     nnz = np.random.default_rng(0).integers(1, 100, 1000)
-    bounds = merge.bucket_bounds(nnz, 500)
-    assert bounds[0][0] == 0 and bounds[-1][1] == 1000
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
-    assert all(nnz[s:e].sum() <= 500 or e - s == 1 for s, e in bounds)
+    order = np.random.default_rng(1).permutation(1000)
+    plan = merge.SplitPlan(pd.DataFrame(), order.astype(np.int32) % 7, order, nnz, 0)
+    tasks = merge.shard_tasks(plan, 512)
+    cum = np.concatenate([[0], np.cumsum(nnz)])
+    assert tasks[0].start == 0 and tasks[-1].stop == cum[-1]
+    pairs = zip(tasks[:-1], tasks[1:], strict=True)
+    assert all(a.stop == b.start and a.stop - a.start == 512 for a, b in pairs)
+    for t in tasks:
+        first = np.flatnonzero(order == t.row[0])[0]
+        cells = nnz[first : first + len(t.row)]
+        np.testing.assert_array_equal(t.row, order[first : first + len(t.row)])
+        assert cum[first] + t.skip == t.start  # the window starts inside the first cell
+        assert t.skip + (t.stop - t.start) <= cells.sum()  # the cells hold the whole window
+        assert t.skip + (t.stop - t.start) > cells[:-1].sum()  # and no cell too many
+
+
+def test_merge_bytes_do_not_depend_on_workers_or_task_order(synth_census_uri, tmp_path,
+                                                            monkeypatch):
+    """Many shards per array (a tiny shard size), merged by 1 and by 2 processes: same store."""
+    from ssl_census.core import store as core_store
+    from ssl_census.shards.build import build_shards
+    from ssl_census.shards.source import CensusSpec, read_var
+
+    with CensusSpec(uri=synth_census_uri).open() as census:
+        names = read_var(census)["feature_name"].astype(str).to_numpy()[:3000]
+    genes = tmp_path / "genes.txt"
+    genes.write_text("\n".join(names) + "\n")
+    monkeypatch.setattr(core_store, "CHUNK", 2**12)
+    monkeypatch.setattr(core_store, "SHARD", 2**14)
+    config = load_shards_config("synthetic")
+    a = build_shards(tmp_path / "a", config, census_uri=synth_census_uri, gene_list=str(genes),
+                     workers=1)
+    b = build_shards(tmp_path / "b", config, census_uri=synth_census_uri, gene_list=str(genes),
+                     workers=2)
+    assert a.manifest["splits"]["train"]["nnz"] > 10 * 2**14  # several shards per array
+    assert a.manifest["splits"] == b.manifest["splits"]
+    assert verify_shards(tmp_path / "b").ok
 
 
 def test_cell_ontology_offline():

@@ -70,6 +70,53 @@ def loader_command(shards_dir, synthetic, json_path, cells_limit, skip, work, ba
         atomic.write_json(json_path, report)
 
 
+@bench.command("scale")
+@click.option("--sizes", default="500000,2000000,8000000,22200000", show_default=True,
+              help="Census sizes (cells), comma-separated; 2M and 22.2M style also work.")
+@click.option("--nnz-per-cell", default=200, show_default=True, type=click.IntRange(20),
+              help="Non-zeros per cell of the synthetic census (lower fits more cells on disk).")
+@click.option("--work", default="work/scale", show_default=True,
+              type=click.Path(file_okay=False), help="Censuses, stores and runs go here.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256),
+              help="Shard-build worker processes.")
+@click.option("--memory-budget", default="4GiB", show_default=True)
+@click.option("--batch-size", default=8192, show_default=True, type=click.IntRange(1))
+@click.option("--loader-workers", default=2, show_default=True, type=click.IntRange(1, 256))
+@click.option("--seed", default=0, show_default=True)
+@click.option("--kill-at", default=None, help="Also kill the build of this size once at a "
+              "random point and resume it, comparing checksums (e.g. 8M).")
+@click.option("--keep", is_flag=True, help="Keep each size's census and store.")
+@click.option("--json", "json_path", default="work/scale/scale.json", show_default=True,
+              type=click.Path(dir_okay=False))
+@click.option("--png", "png_path", default="work/scale/scale.png", show_default=True,
+              type=click.Path(dir_okay=False))
+def scale_command(sizes, nnz_per_cell, work, workers, memory_budget, batch_size, loader_workers,
+                  seed, kill_at, keep, json_path, png_path) -> None:
+    """Census -> shards -> verify -> loader -> trainer at a ladder of census sizes."""
+    from ssl_census.benchmarks.scale import format_table, plot, run_scale
+    from ssl_census.shards.commands import parse_bytes
+
+    ladder = [parse_cells(v) for v in sizes.split(",")]
+    result = run_scale(Path(work), ladder, nnz_per_cell, workers, parse_bytes(memory_budget),
+                       batch_size, loader_workers, seed, parse_cells(kill_at) if kill_at else None,
+                       Path(json_path), keep, log=click.echo)
+    plot(result, Path(png_path))
+    click.echo(format_table(result))
+
+
+def parse_cells(value: str) -> int:
+    """``500000``, ``500k``, ``2M`` or ``22.2M`` as a cell count."""
+    from ssl_census.core.errors import UserError
+
+    text = value.strip().lower().replace("_", "")
+    scale = {"k": 1_000, "m": 1_000_000}.get(text[-1:], 1)
+    try:
+        return int(round(float(text.rstrip("km")) * scale))
+    except ValueError:
+        raise UserError(f"{value!r} is not a cell count",
+                        "write it like 500000, 2M or 22.2M") from None
+
+
 @bench.command("embed")
 @click.option("--cells", default=2_000_000, show_default=True, type=click.IntRange(1000),
               help="Cells in the synthetic h5ad (a second one has a tenth of them).")

@@ -1,19 +1,31 @@
-"""TOML presets with command-line overrides (stdlib ``tomllib``)."""
+"""TOML presets with command-line overrides (stdlib ``tomllib``).
+
+The presets are package data (``ssl_census/presets/<kind>/<name>.toml``), read through
+``importlib.resources`` so that a wheel install finds them as an editable one does; the
+top-level ``configs/`` of the repository is a link to the same folder, for reading and copying.
+"""
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from ssl_census.core.errors import UserError
 
-CONFIG_ROOT = Path(__file__).resolve().parents[2] / "configs"
+# Wheels install as plain files, so the package's presets folder is a real directory.
+CONFIG_ROOT = Path(str(resources.files("ssl_census") / "presets"))
+
+
+def preset_names(kind: str) -> list[str]:
+    """The preset names of one kind (``pretrain``, ``finetune``, ``shards``, ...)."""
+    return sorted(p.stem for p in (CONFIG_ROOT / kind).glob("*.toml"))
 
 
 def resolve_config_path(path: str | Path, kind: str | None = None) -> Path:
-    """A path as given, or the name of a preset under ``configs/<kind>/``."""
+    """A path as given, or the name of a preset under ``ssl_census/presets/<kind>/``."""
     p = Path(path)
     if p.exists():
         return p
@@ -21,7 +33,10 @@ def resolve_config_path(path: str | Path, kind: str | None = None) -> Path:
         preset = CONFIG_ROOT / kind / (p.name if p.suffix == ".toml" else f"{p.name}.toml")
         if preset.exists():
             return preset
-    raise UserError(f"config not found: {path}", "give a TOML file path or a preset name")
+        names = ", ".join(preset_names(kind)) or "(none)"
+        raise UserError(f"config not found: {path}",
+                        f"give a TOML file path or a {kind} preset name ({names})")
+    raise UserError(f"config not found: {path}", "give a TOML file path")
 
 
 def load_toml(path: str | Path, kind: str | None = None) -> dict[str, Any]:

@@ -89,6 +89,36 @@ class _ShardBuffer:
         return self.offset + self.fill
 
 
+def create_csr_group(path: str | os.PathLike[str], n_cells: int, nnz: int, n_genes: int,
+                     counts_dtype: np.dtype | type = np.uint32) -> dict[str, zarr.Array]:
+    """Create the empty ``X.zarr`` group of a split with its four arrays (nothing written).
+
+    :class:`CsrWriter` fills it sequentially; the build's merge fills whole shards of it from
+    several processes (a shard is one file, so shards are written independently)."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=3)
+    group.attrs.update({"format": FORMAT, "n_cells": n_cells, "n_genes": n_genes, "nnz": nnz})
+    specs = {
+        "indptr": (n_cells + 1, np.dtype(np.int64), INDPTR_CHUNK, INDPTR_SHARD),
+        "indices": (nnz, index_dtype(n_genes), CHUNK, SHARD),
+        "data": (nnz, np.dtype(np.float32), CHUNK, SHARD),
+        "counts": (nnz, np.dtype(counts_dtype), CHUNK, SHARD),
+    }
+    arrays = {}
+    for name, (size, dtype, chunk, shard) in specs.items():
+        chunk = max(1, min(chunk, size))
+        shard = max(chunk, min(shard, -(-size // chunk) * chunk))
+        arrays[name] = group.create_array(
+            name, shape=(size,), chunks=(chunk,), shards=(shard,), dtype=dtype,
+            compressors=[_codec(dtype)], fill_value=0,
+        )
+    return arrays
+
+
+def shard_bounds(size: int, shard: int) -> list[tuple[int, int]]:
+    """Element ranges of an array's shards: each one file, written whole."""
+    return [(lo, min(lo + shard, size)) for lo in range(0, size, shard)]
+
+
 class CsrWriter:
     """Stream CSR rows into ``path`` (a new ``X.zarr`` group) of known final size.
 
@@ -106,23 +136,8 @@ class CsrWriter:
     ) -> None:
         self.path = Path(path)
         self.n_cells, self.nnz, self.n_genes = n_cells, nnz, n_genes
-        group = zarr.open_group(str(self.path), mode="w", zarr_format=3)
-        group.attrs.update({"format": FORMAT, "n_cells": n_cells, "n_genes": n_genes, "nnz": nnz})
-        specs = {
-            "indptr": (n_cells + 1, np.dtype(np.int64), INDPTR_CHUNK, INDPTR_SHARD),
-            "indices": (nnz, index_dtype(n_genes), CHUNK, SHARD),
-            "data": (nnz, np.dtype(np.float32), CHUNK, SHARD),
-            "counts": (nnz, np.dtype(counts_dtype), CHUNK, SHARD),
-        }
-        self._buffers: dict[str, _ShardBuffer] = {}
-        for name, (size, dtype, chunk, shard) in specs.items():
-            chunk = max(1, min(chunk, size))
-            shard = max(chunk, min(shard, -(-size // chunk) * chunk))
-            arr = group.create_array(
-                name, shape=(size,), chunks=(chunk,), shards=(shard,), dtype=dtype,
-                compressors=[_codec(dtype)], fill_value=0,
-            )
-            self._buffers[name] = _ShardBuffer(arr, shard)
+        arrays = create_csr_group(self.path, n_cells, nnz, n_genes, counts_dtype)
+        self._buffers = {name: _ShardBuffer(arr, arr.shards[0]) for name, arr in arrays.items()}
         self._buffers["indptr"].push(np.zeros(1, dtype=np.int64))
         self._rows = 0
         self._nnz = 0

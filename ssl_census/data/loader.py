@@ -118,16 +118,6 @@ class _BufferPool:
             self._free.clear()
 
 
-def _default_rank_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    if rank is not None and world_size is not None:
-        return rank, world_size
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        r, w = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    else:
-        r, w = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    return (r if rank is None else rank), (w if world_size is None else world_size)
-
-
 def _fetches_from(plan: EpochPlan, skip: int) -> Iterator[tuple[Fetch, int]]:
     """The plan's fetches from stream position ``skip`` on, each with the cells to skip in it."""
     for fetch in plan.fetches():
@@ -157,8 +147,8 @@ class BlockShuffleLoader:
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
-        rank: int | None = None,
-        world_size: int | None = None,
+        rank: int = 0,
+        world_size: int = 1,
         workers: int | None = None,
         reader: str = "auto",
         memory_budget_bytes: int = DEFAULT_BUDGET,
@@ -184,7 +174,9 @@ class BlockShuffleLoader:
         self.batch_size, self.layers, self.dense = batch_size, layers, dense
         self.device = torch.device(device)
         self.shuffle, self.seed, self.drop_last, self.sampler = shuffle, seed, drop_last, sampler
-        self.rank, self.world_size = _default_rank_world(rank, world_size)
+        # Ranks come from the caller only (the trainer, from its DistEnv): a loader that read
+        # RANK / WORLD_SIZE itself would shard embeddings and evaluations under torchrun.
+        self.rank, self.world_size = int(rank), int(world_size)
         if not 0 <= self.rank < self.world_size:
             raise UserError(f"rank {self.rank} outside world size {self.world_size}")
         self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))

@@ -3,14 +3,14 @@
 The h5ad (CSR counts, ``--nnz`` genes per cell out of ``--genes``, obs with only an index) is
 written once under ``--work`` by h5py, a chunk at a time. The model is an untrained encoder of
 the paper's shape over the same genes (throughput does not depend on the weights). The embed
-runs in a fresh process, so its peak RSS is its own, at the full cell count and at a tenth of
-it: equal peaks show that memory does not grow with the file.
+runs in a fresh process (:func:`ssl_census.core.measure.in_fresh_process`), so its peak RSS is
+its own, at the full cell count and at a tenth of it: equal peaks show that memory does not
+grow with the file.
 """
 
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import resource
 import time
 from pathlib import Path
@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ssl_census.core.measure import in_fresh_process
 from ssl_census.evaluation.inputs import quiet_anndata
 from ssl_census.models.mlp import PAPER_HIDDEN, Encoder
 
@@ -116,9 +117,9 @@ def _embed_child(run: str, h5ad: str, out: str, batch_size: int) -> dict[str, An
 
 
 def _peak_rss() -> int:
-    """This process's peak RSS since it started. Not ru_maxrss: across exec Linux keeps the
-    high-water mark of the forked parent's image, so a spawned child would report the
-    parent's peak."""
+    """This process's exact peak RSS since it started (in_fresh_process samples, and may miss
+    a short peak). Not ru_maxrss: across exec Linux keeps the high-water mark of the forked
+    parent's image, so a spawned child would report the parent's peak."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) * 1024
@@ -139,7 +140,6 @@ def run_embed_bench(work: Path, n_cells: int, n_genes: int, nnz: int, batch_size
     run = random_run(work / f"embed-run-{n_genes}g", var, hidden, seed)
     result: dict[str, Any] = {"n_genes": n_genes, "nnz_per_cell": nnz, "batch_size": batch_size,
                               "hidden": list(hidden), "loadavg_before": _loadavg(), "runs": []}
-    ctx = multiprocessing.get_context("spawn")
     for cells in (max(1, n_cells // 10), n_cells):
         h5ad = work / f"embed-synth-{cells}x{n_genes}-nnz{nnz}.h5ad"
         out = work / f"embed-synth-{cells}.embedded.h5ad"
@@ -147,8 +147,9 @@ def run_embed_bench(work: Path, n_cells: int, n_genes: int, nnz: int, batch_size
         if not h5ad.is_file():
             write_synthetic_h5ad(h5ad, cells, var, nnz, seed)
         write_seconds = time.perf_counter() - t0
-        with ctx.Pool(1) as pool:
-            child = pool.apply(_embed_child, (str(run), str(h5ad), str(out), batch_size))
+        child, sampled = in_fresh_process(_embed_child, str(run), str(h5ad), str(out),
+                                          batch_size)
+        child["peak_rss_bytes"] = max(child["peak_rss_bytes"], sampled)
         child.update(input_bytes=h5ad.stat().st_size, output_bytes=out.stat().st_size,
                      write_seconds=write_seconds,
                      cells_per_s=child["n_cells"] / child["seconds"])

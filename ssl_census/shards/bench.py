@@ -16,16 +16,14 @@ from __future__ import annotations
 import os
 import resource
 import shutil
-import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ssl_census.core.errors import UserError
+from ssl_census.core.measure import in_fresh_process
 from ssl_census.shards import source
 from ssl_census.shards.config import ShardsConfig
 from ssl_census.shards.genes import match_genes
@@ -98,64 +96,6 @@ def timed_build(out: str, config: ShardsConfig, uri: str, gene_list: str, worker
             "peak_rss_bound_bytes": own + workers * child, "parts": report.parts_total}
 
 
-def _tree_rss(root: int) -> int:
-    """Summed resident memory of ``root`` and all its descendants (Linux /proc)."""
-    parent: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            fields = stat[stat.rindex(")") + 2 :].split()
-            parent[int(d.name)] = int(fields[1])
-            rss[int(d.name)] = int(fields[21]) * PAGE_SIZE
-        except (OSError, ValueError, IndexError):
-            continue
-    tree, frontier = {root}, [root]
-    while frontier:
-        frontier = [p for p, pp in parent.items() if pp in frontier and p not in tree]
-        tree.update(frontier)
-    return sum(rss.get(p, 0) for p in tree)
-
-
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
-
-
-class TreeRssSampler:
-    """Peak of the summed RSS of a process tree, sampled every ``interval`` seconds."""
-
-    def __init__(self, interval: float = 0.2) -> None:
-        self.interval, self.peak, self.root = interval, 0, None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def start(self, root: int) -> None:
-        self.root = root
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, _tree_rss(self.root))
-
-    def stop(self) -> int:
-        self._stop.set()
-        self._thread.join()
-        return self.peak
-
-
-def _in_fresh_process(fn, *args) -> tuple[Any, int]:
-    """``fn(*args)`` in a new process; returns its result and the peak RSS of its tree."""
-    sampler = TreeRssSampler()
-    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        sampler.start(pool.submit(os.getpid).result())
-        try:
-            result = pool.submit(fn, *args).result()
-        finally:
-            peak = sampler.stop()
-    return result, peak
-
-
 def run_shards_bench(work: Path, n_cells: int, workers: int, memory_budget: int,
                      seed: int = 0, gene_list: str | None = None) -> dict[str, Any]:
     from ssl_census.shards.config import load_shards_config
@@ -164,13 +104,13 @@ def run_shards_bench(work: Path, n_cells: int, workers: int, memory_budget: int,
     gene_list = str(gene_list or default_gene_list())
     config = load_shards_config(BENCH_CONFIG)
     uri = str(ensure_census(work, n_cells, seed))
-    read, read_tree = _in_fresh_process(plain_read, uri, config.query.value_filter(), gene_list,
+    read, read_tree = in_fresh_process(plain_read, uri, config.query.value_filter(), gene_list,
                                         config.genes.min_matched)
     read["peak_rss_sampled_bytes"] = read_tree
     out = work / "shards"
     if out.exists():
         shutil.rmtree(out)
-    build, build_tree = _in_fresh_process(timed_build, str(out), config, uri, gene_list,
+    build, build_tree = in_fresh_process(timed_build, str(out), config, uri, gene_list,
                                           workers, memory_budget)
     build["peak_rss_tree_bytes"] = build_tree
     return {"census_cells": n_cells, "workers": workers, "cpus": os.cpu_count(),

@@ -40,6 +40,7 @@ import pandas as pd
 from ssl_census import __version__
 from ssl_census.core import atomic
 from ssl_census.core.errors import UserError
+from ssl_census.core.measure import directory_bytes
 from ssl_census.core.ontology import load_cell_ontology
 from ssl_census.core.progress import progress
 from ssl_census.shards import merge, parts, source
@@ -56,7 +57,6 @@ from ssl_census.shards.store import (
     finish_store,
     label_table,
     read_manifest,
-    read_parquet,
     write_tables,
 )
 from ssl_census.shards.values import NORMALISATION, NORMALISATION_VERSION, TARGET_SUM
@@ -64,8 +64,10 @@ from ssl_census.shards.values import NORMALISATION, NORMALISATION_VERSION, TARGE
 BUILD_FILE = ".build.json"
 PARTS_DIR = ".parts"
 DEFAULT_MEMORY_BUDGET = 4 << 30
-# bytes a cell costs on disk while building (parts + store), assumed before anything is read
-DISK_BYTES_PER_CELL = 2 * 2000 * 10
+# bytes a non-zero costs on disk at the build's peak: parts (4, uint16 indices and counts)
+# beside the store (about 5.5: indices, counts and float32 data, compressed), with a margin
+DISK_BYTES_PER_NNZ = 12
+SAMPLE_DATASETS, SAMPLE_CELLS = 8, 512  # cells read to estimate non-zeros per cell
 
 
 @dataclass
@@ -81,6 +83,7 @@ class BuildReport:
     peak_rss_worker_bytes: int = 0
     # per dataset_id: parts planned, parts found finished in the parts directory, cells read
     datasets: dict[str, dict[str, int]] = field(default_factory=dict)
+    parts_bytes: int = 0  # the parts on disk after phase 1: the build's peak scratch space
 
 
 @dataclass(frozen=True)
@@ -154,14 +157,29 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def check_free_space(out: Path, n_cells: int) -> None:
-    need = n_cells * DISK_BYTES_PER_CELL
+def sample_nnz_per_cell(census: Any, obs: pd.DataFrame, gene_joinids: np.ndarray) -> float:
+    """Mean non-zeros per cell over the gene space, from the first cells of a few datasets
+    spread over the census (a read of a few thousand cells)."""
+    datasets = obs["dataset_id"].astype(str).unique()
+    picks = datasets[np.linspace(0, len(datasets) - 1, min(SAMPLE_DATASETS, len(datasets)))
+                     .astype(int)]
+    cells = nnz = 0
+    for d in picks:
+        ids = obs["soma_joinid"].to_numpy()[(obs["dataset_id"] == d).to_numpy()][:SAMPLE_CELLS]
+        for _, m in source.iter_raw_blocks(census, ids, gene_joinids, SAMPLE_CELLS):
+            cells, nnz = cells + m.shape[0], nnz + m.nnz
+    return nnz / max(cells, 1)
+
+
+def check_free_space(out: Path, n_cells: int, nnz_per_cell: float) -> None:
+    need = int(n_cells * nnz_per_cell * DISK_BYTES_PER_NNZ)
     probe = out if out.exists() else next(p for p in out.parents if p.exists())
     free = shutil.disk_usage(probe).free
     if free < need:
         raise UserError(
-            f"not enough free disk space for {n_cells:,} cells at {out}: about "
-            f"{need / 2**30:.1f} GiB needed, {free / 2**30:.1f} GiB free",
+            f"not enough free disk space for {n_cells:,} cells (about {nnz_per_cell:,.0f} "
+            f"non-zeros each) at {out}: about {need / 2**30:.1f} GiB needed, "
+            f"{free / 2**30:.1f} GiB free",
             "free space or choose another --out",
         )
 
@@ -183,7 +201,8 @@ def plan_parts(obs: pd.DataFrame, fingerprints: dict[str, str], space: GeneSpace
     # the value filter decides which cells a position counts, so it is part of every name
     settings = {"genes": space.sha256, "norm": NORMALISATION_VERSION, "split": cfg.split,
                 "seed": cfg.shuffle_seed, "n_genes": space.n_genes,
-                "filter": cfg.query.value_filter(), "shuffle": SHUFFLE_RULE}
+                "filter": cfg.query.value_filter(), "shuffle": SHUFFLE_RULE,
+                "part_format": parts.PART_FORMAT}
     gene_joinids = space.var["soma_joinid"].to_numpy(np.int64)
     tasks = []
     for dataset_id, ds in obs.groupby("dataset_id", observed=True, sort=True):
@@ -221,14 +240,12 @@ def run_parts(tasks: list[parts.PartTask], workers: int) -> tuple[int, int]:
 
 
 def split_label_counts(part_dirs: list[Path]) -> dict[str, dict[str, int]]:
+    """Cells per split and cell type, from the parts' summaries."""
     counts: dict[str, dict[str, int]] = {s: {} for s in SPLITS}
     for d in part_dirs:
-        for s in SPLITS:
-            f = d / f"{s}.obs.parquet"
-            if f.is_file():
-                vc = read_parquet(f)["cell_type_ontology_term_id"].astype(str).value_counts()
-                for term, n in vc.items():
-                    counts[s][term] = counts[s].get(term, 0) + int(n)
+        for s, split in parts.read_summary(d)["splits"].items():
+            for term, n in split["cell_types"].items():
+                counts[s][term] = counts[s].get(term, 0) + n
     return counts
 
 
@@ -267,6 +284,8 @@ def build_shards(
         obs = source.read_eligible_obs(census, config.query.value_filter())
         obs = select_datasets(obs, source.read_datasets(census), config.query.include_datasets,
                               config.query.exclude_datasets)
+        nnz_per_cell = (sample_nnz_per_cell(census, obs, space.var["soma_joinid"].to_numpy())
+                        if not obs.empty else 0.0)
         phases["obs"] = time.perf_counter() - t0
     if obs.empty:
         raise UserError(f"the filter `{config.query.value_filter()}` selects no census cells",
@@ -278,7 +297,7 @@ def build_shards(
     if types.kept.empty and not config.curation.keep_unlabelled:
         raise UserError("no cell type passes the curation thresholds",
                         "lower the thresholds in [curation] or set keep_unlabelled = true")
-    check_free_space(out, len(obs))
+    check_free_space(out, len(obs), nnz_per_cell)
     claim_out_dir(out, build_id, {"census": spec.identity(), "config": config.name})
 
     part_root = Path(parts_dir) if parts_dir else out / PARTS_DIR
@@ -295,6 +314,7 @@ def build_shards(
         phases["parts"] = time.perf_counter() - t1
         part_dirs = [t.directory for t in tasks]
         part_ids = [parts.PartIds.of(t) for t in tasks]
+        parts_bytes = sum(directory_bytes(d) for d in part_dirs)
 
         kept = types.kept
         labels = label_table(kept, split_label_counts(part_dirs))
@@ -302,9 +322,12 @@ def build_shards(
                          strict=True))
         t2 = time.perf_counter()
         n_cells = {}
+        private_parts = parts_dir is None and not keep_parts
         for s in SPLITS:
             n_cells[s] = _merge_once(out, s, part_dirs, part_ids, codes, config,
-                                     space.n_genes, memory_budget, build_id)
+                                     space.n_genes, memory_budget, build_id, workers)
+            if private_parts:  # nobody else reads them: free the scratch space split by split
+                parts.remove_split_files(part_dirs, s)
         phases["merge"] = time.perf_counter() - t2
         write_tables(out, space.var, labels)
         dropped = sum(parts.read_summary(d)["dropped_empty"] for d in part_dirs)
@@ -313,7 +336,7 @@ def build_shards(
     _clean_up(out, parts_dir is None and not keep_parts)
     own, children = _peak_rss()
     return BuildReport(out, manifest, len(tasks), built, cells_read,
-                       time.perf_counter() - t0, phases, own, children, reuse)
+                       time.perf_counter() - t0, phases, own, children, reuse, parts_bytes)
 
 
 def dataset_reuse(tasks: list[parts.PartTask]) -> dict[str, dict[str, int]]:
@@ -341,18 +364,21 @@ def _clean_up(out: Path, remove_parts: bool) -> None:
     (out / BUILD_FILE).unlink(missing_ok=True)
     for s in SPLITS:
         (out / s / _DONE).unlink(missing_ok=True)
+        merge.finish_split(out / s)
 
 
 def _merge_once(out: Path, split: str, part_dirs: list[Path], part_ids: list[parts.PartIds],
                 codes: dict[str, int], config: ShardsConfig, n_genes: int, memory_budget: int,
-                build_id: str) -> int:
-    """Merge one split unless a previous run of this build finished it."""
+                build_id: str, workers: int) -> int:
+    """Merge one split unless a previous run of this build finished it (a run killed in the
+    middle of a split resumes at the shards it had not written)."""
     done = _read_json(out / split / _DONE)
     if done is not None and done.get("build_id") == build_id:
         return int(done["n_cells"])
-    shutil.rmtree(out / split, ignore_errors=True)
     n = merge.merge_split(part_dirs, split, out, codes, config.curation.keep_unlabelled,
-                          config.shuffle_seed, n_genes, memory_budget, part_ids)
+                          config.shuffle_seed, n_genes, memory_budget, part_ids, build_id,
+                          workers)
+    merge.finish_split(out / split)
     atomic.write_json(out / split / _DONE, {"build_id": build_id, "n_cells": n})
     return n
 

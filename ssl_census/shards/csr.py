@@ -15,7 +15,8 @@ def take_rows(indptr: np.ndarray, rows: np.ndarray, *arrays: np.ndarray) -> Csr:
     lengths = indptr[rows + 1] - starts
     new_indptr = np.zeros(len(rows) + 1, dtype=np.int64)
     np.cumsum(lengths, out=new_indptr[1:])
-    gather = np.repeat(starts - new_indptr[:-1], lengths) + np.arange(new_indptr[-1])
+    gather = np.repeat(starts - new_indptr[:-1], lengths)
+    gather += np.arange(new_indptr[-1])  # in place: one int64 array a non-zero less at peak
     return new_indptr, [np.asarray(a)[gather] for a in arrays]
 
 

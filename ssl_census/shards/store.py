@@ -167,17 +167,54 @@ def sorted_categorical(values: pd.Series) -> pd.Categorical:
     return pd.Categorical(s.cat.reorder_categories(sorted(s.cat.categories)))
 
 
-def tidy_obs(obs: pd.DataFrame) -> pd.DataFrame:
-    """The stored obs columns in their stored order and types (categories sorted)."""
+def tidy_obs(obs: pd.DataFrame, categories: Mapping[str, list[str]] | None = None
+             ) -> pd.DataFrame:
+    """The stored obs columns in their stored order and types (categories sorted).
+
+    ``categories`` fixes the categories of the string columns (the sorted values used in the
+    whole split) when ``obs`` is one row group of a larger split."""
     out = pd.DataFrame(index=pd.RangeIndex(len(obs)))
     for col in OBS_COLUMNS:
         if col in STRING_OBS_COLUMNS:
-            out[col] = sorted_categorical(obs[col])
+            values = sorted_categorical(obs[col])
+            if categories is not None:
+                values = values.set_categories(categories[col])
+            out[col] = values
         elif col == "cell_type_code":
             out[col] = obs[col].to_numpy(np.int32)
         else:
             out[col] = obs[col].to_numpy(np.int64)
     return out
+
+
+OBS_ROW_GROUP = 1 << 20
+
+
+def write_obs(path: str | os.PathLike[str], obs: pd.DataFrame) -> None:
+    """Write a split's ``obs.parquet`` one row group at a time (atomically, deterministic bytes).
+
+    A split of the full census has millions of rows: converting it whole to Arrow would hold
+    two more copies of it, so each row group is tidied and written on its own, with the
+    split-wide sorted categories."""
+    path = Path(path)
+    categories = {c: list(sorted_categorical(obs[c]).categories) for c in STRING_OBS_COLUMNS}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    writer = None
+    try:
+        for lo in range(0, max(len(obs), 1), OBS_ROW_GROUP):
+            chunk = tidy_obs(obs.iloc[lo : lo + OBS_ROW_GROUP], categories)
+            table = pa.Table.from_pandas(chunk, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(tmp, table.schema, compression="zstd",
+                                          compression_level=3, use_dictionary=True,
+                                          write_statistics=True)
+            writer.write_table(table, row_group_size=OBS_ROW_GROUP)
+    finally:
+        if writer is not None:
+            writer.close()
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def write_split(
@@ -199,7 +236,7 @@ def write_split(
     for indptr, indices, data, counts in blocks:
         writer.append(indptr, indices, data, counts)
     writer.close()
-    write_parquet(split_dir / "obs.parquet", tidy_obs(obs))
+    write_obs(split_dir / "obs.parquet", obs)
 
 
 def class_weights(n_train: np.ndarray) -> np.ndarray:

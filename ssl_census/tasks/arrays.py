@@ -16,6 +16,8 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from ssl_census.core.errors import UserError
+
 
 @dataclass
 class ArrayBatch:
@@ -27,12 +29,16 @@ class ArrayBatch:
 
 
 class ArrayLoader:
-    """Batches of rows of a CSR matrix (and aligned targets), reshuffled every epoch."""
+    """Batches of rows of a CSR matrix (and aligned targets), reshuffled every epoch.
+
+    With ``world_size`` > 1 each rank takes every ``world_size``-th row of the epoch's order,
+    all ranks the same number (the last ``n % world_size`` rows of the order are left out).
+    """
 
     def __init__(
         self, x: sp.csr_matrix, target: np.ndarray | None = None, batch_size: int = 256,
         shuffle: bool = True, seed: int = 0, device: str | torch.device = "cpu",
-        drop_last: bool = False,
+        drop_last: bool = False, rank: int = 0, world_size: int = 1,
     ) -> None:
         self.x = sp.csr_matrix(x, dtype=np.float32)
         self.target = None if target is None else np.asarray(target, dtype=np.float32)
@@ -40,12 +46,17 @@ class ArrayLoader:
             raise ValueError("target needs one row per cell")
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
         self.device, self.drop_last = torch.device(device), drop_last
+        if not 0 <= rank < world_size or self.x.shape[0] < world_size:
+            raise UserError(f"{self.x.shape[0]} cells cannot be shared by rank {rank} of "
+                            f"{world_size}", "use fewer processes or more cells")
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
         self._start = 0
 
     @property
     def n_cells(self) -> int:
-        return self.x.shape[0]
+        """The cells this rank sees per epoch."""
+        return self.x.shape[0] // self.world_size
 
     def __len__(self) -> int:
         n, b = self.n_cells, self.batch_size
@@ -61,9 +72,10 @@ class ArrayLoader:
         self.epoch, self._start = int(state["epoch"]), int(state["start"])
 
     def _order(self) -> np.ndarray:
-        if not self.shuffle:
-            return np.arange(self.n_cells)
-        return np.random.default_rng([self.seed, self.epoch]).permutation(self.n_cells)
+        n = self.x.shape[0]
+        order = (np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle
+                 else np.arange(n))
+        return order[self.rank :: self.world_size][: self.n_cells]
 
     def __iter__(self) -> Iterator[ArrayBatch]:
         order = self._order()

@@ -14,7 +14,10 @@ from ssl_census.training.commands import training_overrides
 
 
 def finetune_config(task: str, config: str | None, **options: Any) -> dict[str, Any]:
-    base = load_toml(config or task, kind="finetune")
+    """The task's preset, then ``--config`` (a file or preset name), then the options."""
+    base = load_toml(task, kind="finetune")
+    if config:
+        base = merge(base, load_toml(config, kind="finetune"))
     overrides = {
         "task": task, "batch_key": options["batch_key"], "target_obsm": options["target_obsm"],
         "shallow": True if options["shallow"] else None, **training_overrides(options),
@@ -52,11 +55,16 @@ def finetune_config(task: str, config: str | None, **options: Any) -> dict[str, 
 @click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
 def finetune(task: str, init: str, out: Path, shards: Path | None, h5ad: Path | None,
              config: str | None, resume: bool, **options: Any) -> None:
-    """Fine-tune an encoder (pre-trained or random) with a task head."""
+    """Fine-tune an encoder (pre-trained or random) with a task head.
+
+    Under `torchrun --nproc_per_node N` it trains with DDP (NCCL on GPUs, gloo on CPUs).
+    """
     from ssl_census.tasks.finetune import run_finetune
 
     cfg = finetune_config(task, config, **options)
     summary = run_finetune(task, cfg, out, init, shards=shards, h5ad=h5ad, resume=resume)
+    if summary["rank"] != 0:
+        return
     click.echo(f"{task}: {summary['step']} steps, best val loss {summary['best_val_loss']:.4f}"
                f"{' (early stop)' if summary['stopped_early'] else ''} -> {out}")
     if "test" in summary:

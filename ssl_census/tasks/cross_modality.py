@@ -25,6 +25,7 @@ from ssl_census.evaluation.unseen import UnseenCells, load_unseen
 from ssl_census.shards.values import normalise
 from ssl_census.tasks.arrays import ArrayLoader
 from ssl_census.tasks.finetune import TaskData, load_task, run_gene_space
+from ssl_census.training.distributed import DistEnv
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SCORES = "cross_modality_scores.json"
@@ -63,15 +64,17 @@ def _targets(cells: UnseenCells, key: str, h5ad: Path) -> tuple[np.ndarray, list
 
 
 def cross_modality_data(h5ad: Path, var: pd.DataFrame, config: dict[str, Any], seed: int,
-                        device: torch.device) -> TaskData:
+                        env: DistEnv, device: torch.device) -> TaskData:
     key = config.get("target_obsm", "protein_counts")
     cells = load_unseen(h5ad, var)
     target, names = _targets(cells, key, h5ad)
     splits = split_cells(cells.x.shape[0], seed)
     batch = config.get("data", {}).get("batch_size", 256)
+    ranks = {"rank": env.rank, "world_size": env.world_size}
     train = ArrayLoader(cells.x[splits["train"]], target[splits["train"]], batch, True, seed,
-                        device)
-    val = ArrayLoader(cells.x[splits["val"]], target[splits["val"]], batch, False, seed, device)
+                        device, **ranks)
+    val = ArrayLoader(cells.x[splits["val"]], target[splits["val"]], batch, False, seed, device,
+                      **ranks)
     spec = {"h5ad": str(Path(h5ad).resolve()), "target_obsm": key, "target_names": names,
             "genes_matched": cells.match.n_matched}
     print(f"{h5ad}: {cells.match.n_matched} of {len(var)} model genes matched "

@@ -28,10 +28,11 @@ from ssl_census.tasks.objectives import (
     NegativeBinomialReconstruction,
     freeze_all_but_last_layer,
 )
-from ssl_census.training.distributed import resolve_device
+from ssl_census.training.distributed import DistEnv
 from ssl_census.training.pretrain import model_card
 from ssl_census.training.rundir import RunDir, load_encoder
-from ssl_census.training.trainer import TrainConfig, Trainer, seed_everything
+from ssl_census.training.setup import distributed_run, shard_loaders, train_run
+from ssl_census.training.trainer import TrainConfig, seed_everything
 
 TASKS = ("celltype", "reconstruction", "cross_modality", "integration")
 RUN_VAR = "var.parquet"
@@ -128,19 +129,6 @@ class TaskData:
     cells: dict[str, np.ndarray] | None = None  # row indices per split, for in-memory data
 
 
-def _shard_loaders(store: ShardStore, data: dict[str, Any], layers: tuple[str, ...],
-                   obs_columns: tuple[str, ...], seed: int, device: torch.device):
-    from ssl_census.data import BlockShuffleLoader
-
-    common = dict(layers=layers, obs_columns=obs_columns, dense=True, device=str(device))
-    extra = {k: data[k] for k in ("workers", "reader", "memory_budget_bytes") if k in data}
-    train = BlockShuffleLoader(store.path, split="train", batch_size=data["batch_size"],
-                               shuffle=True, seed=seed, drop_last=False, **common, **extra)
-    val = BlockShuffleLoader(store.path, split="val", batch_size=data["batch_size"],
-                             shuffle=False, seed=seed, drop_last=False, **common, **extra)
-    return train, val
-
-
 class BatchCodes:
     """A loader whose ``obs[key]`` codes are translated into a fixed category list.
 
@@ -176,11 +164,12 @@ class BatchCodes:
 
 
 def _shard_task_data(task: str, store: ShardStore, config: dict[str, Any], seed: int,
-                     device: torch.device) -> TaskData:
+                     env: DistEnv, device: torch.device) -> TaskData:
     data = config.get("data", {"batch_size": 8192})
     if task == "celltype":
         labels = store.labels.sort_values("cell_type_code")
-        train, val = _shard_loaders(store, data, ("x",), ("cell_type_code",), seed, device)
+        train, val = shard_loaders(store.path, data, seed, env, device, ("x",),
+                                   ("cell_type_code",))
         spec = {"class_weight": labels["class_weight"].astype(float).tolist()}
         return TaskData(train, val, spec, store)
     if task == "integration":
@@ -189,67 +178,71 @@ def _shard_task_data(task: str, store: ShardStore, config: dict[str, Any], seed:
         if key not in obs.columns:
             raise UserError(f"--batch-key {key!r} is not an obs column of the shards",
                             f"use one of {', '.join(obs.columns)}")
-        train, val = _shard_loaders(store, data, ("x", "counts"), (key,), seed, device)
+        train, val = shard_loaders(store.path, data, seed, env, device, ("x", "counts"), (key,))
         categories = [str(c) for c in train.categories[key]]
         spec = {"batch_key": key, "batch_categories": categories}
         return TaskData(BatchCodes(train, key, categories), BatchCodes(val, key, categories),
                         spec, store)
-    train, val = _shard_loaders(store, data, ("x", "counts"), (), seed, device)
+    train, val = shard_loaders(store.path, data, seed, env, device, ("x", "counts"))
     return TaskData(train, val, {}, store)
 
 
 def run_finetune(task: str, config: dict[str, Any], out: Path, init: str,
                  shards: Path | None = None, h5ad: Path | None = None,
                  resume: bool = False) -> dict[str, Any]:
-    """Fine-tune for ``task`` and write the run to ``out``; returns the trainer's summary."""
+    """Fine-tune for ``task`` and write the run to ``out``; returns the trainer's summary.
+
+    Under ``torchrun`` it trains with DDP, as pre-training does.
+    """
     if task not in TASKS:
         raise UserError(f"unknown task {task!r}", f"choose one of {', '.join(TASKS)}")
-    device = resolve_device(config.get("device", "auto"))
-    train_cfg = TrainConfig.from_dict(config.get("train", {}))
-    seed_everything(train_cfg.seed)
-    model = {"hidden": list(PAPER_HIDDEN), "dropout": 0.1, **config.get("model", {})}
-    if task == "cross_modality":
-        from ssl_census.tasks.cross_modality import cross_modality_data
+    with distributed_run(config.get("device", "auto")) as (env, device):
+        train_cfg = TrainConfig.from_dict(config.get("train", {}))
+        seed_everything(train_cfg.seed)  # identical initial weights on every rank
+        model = {"hidden": list(PAPER_HIDDEN), "dropout": 0.1, **config.get("model", {})}
+        if task == "cross_modality":
+            from ssl_census.tasks.cross_modality import cross_modality_data
 
-        if h5ad is None:
-            raise UserError("the cross_modality task reads an h5ad", "pass --h5ad")
-        if init != "random":
-            var = run_gene_space(init)
-            encoder, init_card = initial_encoder(init, len(var), model)
-            card = _card_from_init(init_card, encoder)
+            if h5ad is None:
+                raise UserError("the cross_modality task reads an h5ad", "pass --h5ad")
+            if init != "random":
+                var = run_gene_space(init)
+                encoder, init_card = initial_encoder(init, len(var), model)
+                card = _card_from_init(init_card, encoder)
+            else:
+                store = _store_for_random_init(shards)
+                var = store.var
+                encoder, init_card = initial_encoder(init, store.n_genes, model, store)
+                card = model_card(f"finetune:{task}", store, _encoder_shape(encoder))
+            td = cross_modality_data(h5ad, var, config, train_cfg.seed, env, device)
         else:
-            store = _store_for_random_init(shards)
+            if shards is None:
+                raise UserError(f"the {task} task trains on a shard store", "pass --shards")
+            store = open_shards(shards)
             var = store.var
             encoder, init_card = initial_encoder(init, store.n_genes, model, store)
+            td = _shard_task_data(task, store, config, train_cfg.seed, env, device)
             card = model_card(f"finetune:{task}", store, _encoder_shape(encoder))
-        td = cross_modality_data(h5ad, var, config, train_cfg.seed, device)
-    else:
-        if shards is None:
-            raise UserError(f"the {task} task trains on a shard store", "pass --shards")
-        store = open_shards(shards)
-        var = store.var
-        encoder, init_card = initial_encoder(init, store.n_genes, model, store)
-        td = _shard_task_data(task, store, config, train_cfg.seed, device)
-        card = model_card(f"finetune:{task}", store, _encoder_shape(encoder))
-    if config.get("shallow"):
-        freeze_all_but_last_layer(encoder)
-    objective = build_objective(task, encoder, td.spec)
-    init_path = init if init == "random" else str(Path(init).resolve())
-    card.update(method=f"finetune:{task}", task=task, task_spec=td.spec, init=init_path,
-                init_method=(init_card or {}).get("method", "random"),
-                shallow=bool(config.get("shallow", False)))
-    run = RunDir.create(out, config, card, resume)
-    if not resume:
-        _write_run_tables(run, var, td.store)
-        if td.cells is not None:
-            write_split_indices(run.path, td.cells)
-    trainer = Trainer(objective, td.train, td.val, train_cfg, run, device)
-    summary = trainer.fit(resume=resume)
-    if task == "cross_modality":
-        from ssl_census.tasks.cross_modality import score_cross_modality
+        if config.get("shallow"):
+            freeze_all_but_last_layer(encoder)
+        objective = build_objective(task, encoder, td.spec)
+        init_path = init if init == "random" else str(Path(init).resolve())
+        card.update(method=f"finetune:{task}", task=task, task_spec=td.spec, init=init_path,
+                    init_method=(init_card or {}).get("method", "random"),
+                    shallow=bool(config.get("shallow", False)))
 
-        summary["test"] = score_cross_modality(run.path, device)
-    return summary
+        def write_tables(run: RunDir) -> None:
+            _write_run_tables(run, var, td.store)
+            if td.cells is not None:
+                write_split_indices(run.path, td.cells)
+
+        summary, run = train_run(objective, td.train, td.val, train_cfg, out, config, card, env,
+                                 device, resume, on_create=write_tables)
+        if task == "cross_modality" and env.is_main:
+            from ssl_census.tasks.cross_modality import score_cross_modality
+
+            summary["test"] = score_cross_modality(run.path, device)
+        return summary
 
 
 def _encoder_shape(encoder: Encoder) -> dict[str, Any]:
