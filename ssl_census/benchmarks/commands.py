@@ -115,3 +115,26 @@ def parse_cells(value: str) -> int:
     except ValueError:
         raise UserError(f"{value!r} is not a cell count",
                         "write it like 500000, 2M or 22.2M") from None
+
+
+@bench.command("embed")
+@click.option("--cells", default=2_000_000, show_default=True, type=click.IntRange(1000),
+              help="Cells in the synthetic h5ad (a second one has a tenth of them).")
+@click.option("--genes", default=2_000, show_default=True, type=click.IntRange(10),
+              help="Genes of the file and of the model's gene space.")
+@click.option("--nnz", default=200, show_default=True, type=click.IntRange(1),
+              help="Non-zero genes per cell (about).")
+@click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1))
+@click.option("--work", default="work/bench", show_default=True, type=click.Path(file_okay=False))
+@click.option("--keep", is_flag=True, help="Keep the synthetic h5ad files and the outputs.")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the figures here.")
+def embed_command(cells, genes, nnz, batch_size, work, keep, json_path) -> None:
+    """`ssl-census embed` on a large synthetic h5ad, streamed (cells/s, peak RSS)."""
+    from ssl_census.core import atomic
+    from ssl_census.evaluation.bench import format_report, run_embed_bench
+
+    result = run_embed_bench(Path(work), cells, genes, nnz, batch_size, keep=keep)
+    click.echo(format_report(result))
+    if json_path:
+        atomic.write_json(json_path, result)

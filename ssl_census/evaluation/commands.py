@@ -63,7 +63,7 @@ def evaluate(run_dir: Path, shards: Path | None, h5ad: Path | None, label_key: s
 @click.option("--h5ad", type=click.Path(path_type=Path), required=True, help="input h5ad")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="output h5ad")
 @click.option("--layer", help=LAYER_HELP)
-@click.option("--batch-size", type=click.IntRange(1), default=4096, show_default=True,
+@click.option("--batch-size", type=click.IntRange(1), default=1024, show_default=True,
               help="cells read, embedded and written at a time (memory does not grow with "
               "the file)")
 @click.option("--device", default="cpu", show_default=True)

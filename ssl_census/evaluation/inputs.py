@@ -42,9 +42,11 @@ SCALED_COUNTS = "normalised counts without log"
 KINDS = (COUNTS, LOG1P, SCALED_COUNTS)
 
 _SAMPLE_ENTRIES = 1_000_000  # non-zero values read to recognise a matrix
-_SAMPLE_CHUNK = 4096
+CHUNK_CELLS = 1024  # cells read, normalised and embedded at a time (~100 B per non-zero)
+_SAMPLE_READ = 256  # rows per read while sampling: the sample stays near _SAMPLE_ENTRIES
 _MAX_SMALLEST_COUNT = 4  # a cell's smallest count may be 1 .. 4
 _MIN_CONSISTENT_ROWS = 0.99  # a stray odd cell does not decide what a matrix holds
+CHECK_ROWS = 128  # the first cells of every chunk are checked again
 H5AD_FIX = ("give an .h5ad file written by anndata or scanpy (convert .loom, .zarr, 10x .h5, "
             ".mtx or .csv with scanpy.read_* and write_h5ad)")
 
@@ -76,16 +78,24 @@ def _proportional_rows(indptr: np.ndarray, y: np.ndarray) -> np.ndarray:
 
     The unit is the row's smallest value divided by 1, 2, ... _MAX_SMALLEST_COUNT. The
     tolerance covers float32 storage of log values (relative error ~1e-6 after expm1).
+    Works in two float64 buffers the size of ``y``, so a chunk's check costs little memory.
     """
     lengths = np.diff(indptr)
     nonempty = lengths > 0
     starts = indptr[:-1][nonempty]
-    unit = np.repeat(np.minimum.reduceat(y, starts), lengths[nonempty])
     ok = np.zeros(len(starts), dtype=bool)
+    if not len(starts):
+        return ok
+    ratio = y / np.repeat(np.minimum.reduceat(y, starts), lengths[nonempty])
+    r, off = np.empty_like(ratio), np.empty_like(ratio)
     with np.errstate(invalid="ignore", over="ignore"):  # inf (expm1 of large values) fails
         for k in range(1, _MAX_SMALLEST_COUNT + 1):
-            r = y * (k / unit)
-            ok |= np.logical_and.reduceat(np.abs(r - np.rint(r)) <= 1e-2 + 1e-4 * r, starts)
+            np.multiply(ratio, k, out=r)
+            np.subtract(r, np.rint(r, out=off), out=off)
+            np.abs(off, out=off)
+            r *= 1e-4
+            r += 1e-2
+            ok |= np.logical_and.reduceat(off <= r, starts)
     return ok
 
 
@@ -128,15 +138,17 @@ def recognise(x: sp.csr_matrix) -> Finding:
 
 
 def holds(x: sp.csr_matrix, kind: str) -> bool:
-    """Whether a chunk holds values of ``kind`` (the kind found in the first cells)."""
-    data = x.data.astype(np.float64)
+    """Whether ``x`` (the first cells of a chunk) holds values of ``kind``, the kind found in
+    the file's first cells: a file whose later cells hold other values is not read as one."""
+    data = x.data
     if data.size == 0:
         return True
     if not np.all(np.isfinite(data)) or data.min() < 0:
         return False
     if kind == COUNTS:
         return _integral(data)
-    y = _expm1(data) if kind == LOG1P else data
+    values = data.astype(np.float64)
+    y = _expm1(values) if kind == LOG1P else values
     return _mostly(_proportional_rows(x.indptr.astype(np.int64), y))
 
 
@@ -152,12 +164,16 @@ class CellSource:
     n_cells: int
     read_rows: Callable[[int, int], Any]  # rows [start, stop) as anything scipy takes
     note: str | None = None  # said when the matrix is used (e.g. read whole)
+    fresh: bool = False  # read_rows returns new arrays (read from a file): no copy needed
 
     def rows(self, start: int, stop: int) -> sp.csr_matrix:
-        """Rows [start, stop) as CSR with explicit zeros removed (a copy: callers may modify
-        it without touching the user's data)."""
+        """Rows [start, stop) as CSR with explicit zeros removed (never the user's arrays:
+        callers may modify it)."""
         m = self.read_rows(start, stop)
-        x = sp.csr_matrix(m, copy=True) if sp.issparse(m) else sp.csr_matrix(np.asarray(m))
+        if sp.issparse(m):
+            x = sp.csr_matrix(m, copy=not self.fresh)
+        else:
+            x = sp.csr_matrix(np.asarray(m))
         x.eliminate_zeros()
         return x
 
@@ -168,7 +184,7 @@ class CellSource:
     def sample(self) -> sp.csr_matrix:
         """The first cells, up to about _SAMPLE_ENTRIES non-zero values."""
         parts, entries = [], 0
-        for _, x in self.chunks(_SAMPLE_CHUNK):
+        for _, x in self.chunks(_SAMPLE_READ):
             parts.append(x)
             entries += x.nnz
             if entries >= _SAMPLE_ENTRIES:
@@ -237,7 +253,7 @@ def _h5_source(where: str, elem: h5py.Group | h5py.Dataset, var: pd.DataFrame,
     kind = elem.attrs.get("encoding-type", elem.attrs.get("h5sparse_format", ""))
     shape = tuple(int(s) for s in elem.attrs.get("shape", elem.attrs.get("h5sparse_shape", ())))
     if kind in ("csr_matrix", "csr") and len(shape) == 2:
-        return CellSource(where, var, shape[0], _csr_rows(elem, shape[1]))
+        return CellSource(where, var, shape[0], _csr_rows(elem, shape[1]), fresh=True)
     if kind in ("csc_matrix", "csc") and len(shape) == 2:
         whole: list[sp.csr_matrix] = []
 

@@ -30,13 +30,13 @@ from ssl_census.core.progress import progress
 from ssl_census.evaluation.embed import forward_blocks
 from ssl_census.evaluation.h5ad_out import AddedElements, staged_copy
 from ssl_census.evaluation.inputs import (
+    CHUNK_CELLS,
     CellSource,
-    holds,
     open_h5ad,
     sources_in_file,
     sources_in_memory,
 )
-from ssl_census.evaluation.unseen import Resolved, mixed_values, model_values, resolve
+from ssl_census.evaluation.unseen import Resolved, check_chunk, model_values, resolve
 from ssl_census.shards.store import read_parquet
 from ssl_census.tasks.finetune import RUN_LABELS, load_task, run_gene_space
 from ssl_census.training.rundir import load_encoder
@@ -48,7 +48,7 @@ UNS_KEY = "ssl_census"
 OBS_PREFIX = "ssl_census_"
 LABEL_COLUMNS = ("cell_type", "cell_type_ontology_term_id")  # from the run's labels.parquet
 PROBABILITY_COLUMN = OBS_PREFIX + "cell_type_probability"
-BATCH_SIZE = 4096  # cells read, normalised and written per chunk
+BATCH_SIZE = CHUNK_CELLS
 
 
 @dataclass(frozen=True)
@@ -222,16 +222,17 @@ class Model:
         source = resolved.source
         bar = progress(source.n_cells, desc="embedding")
         for start, chunk in source.chunks(batch_size):
-            if not holds(chunk, resolved.kind):
-                raise mixed_values(resolved, start)
+            check_chunk(resolved, start, chunk)
+            n_rows = chunk.shape[0]
             x = model_values(chunk, resolved.kind, resolved.match)
+            del chunk  # memory: one chunk's copies at a time
             z, logits = forward_blocks(self.encoder, self.head if classify else None, x,
                                        self.device)
             if logits is None:
                 yield ChunkResult(start, z)
             else:
                 yield ChunkResult(start, z, *_predictions(logits))
-            bar.update(chunk.shape[0])
+            bar.update(n_rows)
         bar.close()
 
 

@@ -25,6 +25,8 @@ import scipy.sparse as sp
 
 from ssl_census.core.errors import UserError
 from ssl_census.evaluation.inputs import (
+    CHECK_ROWS,
+    CHUNK_CELLS,
     COUNTS,
     LOG1P,
     CellSource,
@@ -140,6 +142,7 @@ def model_values(chunk: sp.csr_matrix, kind: str, match: GeneMatch) -> sp.csr_ma
         if kind == LOG1P:
             np.expm1(y.data, out=y.data)
         moved = to_model_space(y, match)
+        del y  # memory: a chunk's float64 copies one at a time
         data = normalise_scaled(moved.indptr, moved.data)
     return sp.csr_matrix((data, moved.indices, moved.indptr), shape=moved.shape)
 
@@ -282,13 +285,16 @@ def load_unseen(
     for note in resolved.notes:
         on_note(note)
     x = resolved.source.rows(0, adata.n_obs)
-    if not holds(x, resolved.kind):
-        raise mixed_values(resolved, 0)
+    for start in range(0, adata.n_obs, CHUNK_CELLS):
+        check_chunk(resolved, start, x[start : start + CHUNK_CELLS])
     return UnseenCells(adata, model_values(x, resolved.kind, resolved.match), resolved.match,
                        resolved.source.where, resolved.kind)
 
 
-def mixed_values(resolved: Resolved, start: int) -> UserError:
-    return UserError(f"{resolved.source.where} holds {resolved.kind} in its first cells but "
-                     f"not in the cells from row {start} on",
-                     "give one kind of values (raw counts or log1p-normalised) for all cells")
+def check_chunk(resolved: Resolved, start: int, chunk: sp.csr_matrix) -> None:
+    """Refuse a chunk (cells from row ``start``) whose first cells hold another kind of
+    values than the file's first cells did."""
+    if not holds(chunk[:CHECK_ROWS], resolved.kind):
+        raise UserError(f"{resolved.source.where} holds {resolved.kind} in its first cells but "
+                        f"not in the cells from row {start} on",
+                        "give one kind of values (raw counts or log1p-normalised) for all cells")
