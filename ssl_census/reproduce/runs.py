@@ -40,6 +40,8 @@ from ssl_census.core.config import load_toml, merge
 from ssl_census.reproduce.config import ReproduceConfig
 from ssl_census.reproduce.data import digest, identity
 from ssl_census.reproduce.results import runs_root
+from ssl_census.tasks.config import FinetuneConfig
+from ssl_census.training.config import PretrainConfig
 
 DONE = "reproduce-step.json"
 KEY = "reproduce_key"  # where an evaluation report records its key
@@ -117,10 +119,13 @@ def once(step: Step) -> None:
 
 
 def _stage_config(preset: str, kind: str, *overrides: dict[str, Any]) -> dict[str, Any]:
+    """The stage's preset with the overrides laid over it, resolved: every setting the run
+    will use, defaults included (what the step's key digests)."""
     cfg = load_toml(preset, kind=kind)
     for o in overrides:
         cfg = merge(cfg, o)
-    return cfg
+    typed = PretrainConfig if kind == "pretrain" else FinetuneConfig
+    return typed.from_dict(cfg).to_dict()
 
 
 class Experiment:
@@ -175,7 +180,7 @@ class Experiment:
                   **{k: self._id(v) for k, v in data.items()}}
         start = str(init.path) if init else "random"
         return Step("train", f"finetune {task} {name} seed {seed}", out, inputs,
-                    lambda: _jsonable(run_finetune(task, cfg, out, start, **data)))
+                    lambda: _jsonable(run_finetune(cfg, out, start, **data)))
 
     def pretrained(self, seed: int) -> dict[str, Step]:
         """Every method's pre-training run of ``seed``."""

@@ -24,6 +24,7 @@ from ssl_census.evaluation.metrics import correlation_scores
 from ssl_census.evaluation.unseen import UnseenCells, load_unseen
 from ssl_census.shards.values import normalise
 from ssl_census.tasks.arrays import ArrayLoader
+from ssl_census.tasks.config import FinetuneConfig
 from ssl_census.tasks.finetune import TaskData, load_task, run_gene_space
 from ssl_census.training.distributed import DistEnv
 
@@ -63,13 +64,13 @@ def _targets(cells: UnseenCells, key: str, h5ad: Path) -> tuple[np.ndarray, list
     return target_log1p(values), names
 
 
-def cross_modality_data(h5ad: Path, var: pd.DataFrame, config: dict[str, Any], seed: int,
-                        env: DistEnv, device: torch.device) -> TaskData:
-    key = config.get("target_obsm", "protein_counts")
+def cross_modality_data(h5ad: Path, var: pd.DataFrame, config: FinetuneConfig, env: DistEnv,
+                        device: torch.device) -> TaskData:
+    key, seed = config.target_obsm, config.train.seed
     cells = load_unseen(h5ad, var)
     target, names = _targets(cells, key, h5ad)
     splits = split_cells(cells.x.shape[0], seed)
-    batch = config.get("data", {}).get("batch_size", 256)
+    batch = config.data.batch_size
     ranks = {"rank": env.rank, "world_size": env.world_size}
     train = ArrayLoader(cells.x[splits["train"]], target[splits["train"]], batch, True, seed,
                         device, **ranks)

@@ -9,6 +9,7 @@ label table (``labels.parquet``), so it can embed and label an h5ad without the 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,9 +20,10 @@ import torch
 
 from ssl_census.core import atomic
 from ssl_census.core.errors import UserError
-from ssl_census.models.mlp import PAPER_HIDDEN, Encoder
+from ssl_census.models.mlp import Encoder, ModelConfig
 from ssl_census.pretext.base import Objective
 from ssl_census.shards.store import ShardStore, open_shards, read_parquet
+from ssl_census.tasks.config import TASKS, FinetuneConfig
 from ssl_census.tasks.objectives import (
     CellTypeClassifier,
     CrossModalityRegressor,
@@ -29,12 +31,11 @@ from ssl_census.tasks.objectives import (
     freeze_all_but_last_layer,
 )
 from ssl_census.training.distributed import DistEnv
-from ssl_census.training.pretrain import model_card
+from ssl_census.training.pretrain import gene_list_sha256, model_card
 from ssl_census.training.rundir import RunDir, load_encoder
 from ssl_census.training.setup import distributed_run, shard_loaders, train_run
-from ssl_census.training.trainer import TrainConfig, seed_everything
+from ssl_census.training.trainer import seed_everything
 
-TASKS = ("celltype", "reconstruction", "cross_modality", "integration")
 RUN_VAR = "var.parquet"
 RUN_LABELS = "labels.parquet"
 
@@ -60,23 +61,22 @@ def run_gene_space(run_dir: str | Path) -> pd.DataFrame:
 
 def check_same_gene_space(card: dict[str, Any], store: ShardStore, what: str) -> None:
     """Refuse a run whose encoder reads a different gene list than ``store`` holds."""
-    expected = model_card("check", store, {"hidden": [1], "dropout": 0.0})
-    if (card.get("n_genes") != store.n_genes
-            or card.get("gene_list_sha256") != expected["gene_list_sha256"]):
+    expected = gene_list_sha256(store)
+    if card.get("n_genes") != store.n_genes or card.get("gene_list_sha256") != expected:
         raise UserError(
             f"{what} was trained on another gene space ({card.get('n_genes')} genes, list "
             f"{str(card.get('gene_list_sha256'))[:12]}) than the shards at {store.path} "
-            f"({store.n_genes} genes, list {expected['gene_list_sha256'][:12]})",
+            f"({store.n_genes} genes, list {expected[:12]})",
             "use shards built with the same gene list, or fine-tune from --init random",
         )
 
 
-def initial_encoder(init: str, n_genes: int, model: dict[str, Any],
+def initial_encoder(init: str, n_genes: int, model: ModelConfig,
                     store: ShardStore | None = None) -> tuple[Encoder, dict[str, Any] | None]:
     """A fresh encoder (``init == "random"``) or the encoder of a run, checked against the
     gene space it will read."""
     if init == "random":
-        return Encoder(n_genes, model["hidden"], model["dropout"]), None
+        return Encoder(n_genes, model.hidden, model.dropout), None
     encoder, card = load_encoder(init)
     if store is not None:
         check_same_gene_space(card, store, f"--init run {init}")
@@ -163,9 +163,9 @@ class BatchCodes:
             yield batch
 
 
-def _shard_task_data(task: str, store: ShardStore, config: dict[str, Any], seed: int,
+def _shard_task_data(task: str, store: ShardStore, config: FinetuneConfig, seed: int,
                      env: DistEnv, device: torch.device) -> TaskData:
-    data = config.get("data", {"batch_size": 8192})
+    data = config.data
     if task == "celltype":
         labels = store.labels.sort_values("cell_type_code")
         train, val = shard_loaders(store.path, data, seed, env, device, ("x",),
@@ -173,7 +173,7 @@ def _shard_task_data(task: str, store: ShardStore, config: dict[str, Any], seed:
         spec = {"class_weight": labels["class_weight"].astype(float).tolist()}
         return TaskData(train, val, spec, store)
     if task == "integration":
-        key = config.get("batch_key", "dataset_id")
+        key = config.batch_key
         _, obs = store.split("train")
         if key not in obs.columns:
             raise UserError(f"--batch-key {key!r} is not an obs column of the shards",
@@ -187,19 +187,16 @@ def _shard_task_data(task: str, store: ShardStore, config: dict[str, Any], seed:
     return TaskData(train, val, {}, store)
 
 
-def run_finetune(task: str, config: dict[str, Any], out: Path, init: str,
+def run_finetune(config: FinetuneConfig | Mapping[str, Any], out: Path, init: str,
                  shards: Path | None = None, h5ad: Path | None = None,
                  resume: bool = False) -> dict[str, Any]:
-    """Fine-tune for ``task`` and write the run to ``out``; returns the trainer's summary.
-
-    Under ``torchrun`` it trains with DDP, as pre-training does.
+    """Fine-tune for the config's task and write the run to ``out``; returns the trainer's
+    summary. Under ``torchrun`` it trains with DDP, as pre-training does.
     """
-    if task not in TASKS:
-        raise UserError(f"unknown task {task!r}", f"choose one of {', '.join(TASKS)}")
-    with distributed_run(config.get("device", "auto")) as (env, device):
-        train_cfg = TrainConfig.from_dict(config.get("train", {}))
+    cfg = config if isinstance(config, FinetuneConfig) else FinetuneConfig.from_dict(config)
+    task, train_cfg, model = cfg.task, cfg.train, cfg.model
+    with distributed_run(cfg.device) as (env, device):
         seed_everything(train_cfg.seed)  # identical initial weights on every rank
-        model = {"hidden": list(PAPER_HIDDEN), "dropout": 0.1, **config.get("model", {})}
         if task == "cross_modality":
             from ssl_census.tasks.cross_modality import cross_modality_data
 
@@ -214,30 +211,30 @@ def run_finetune(task: str, config: dict[str, Any], out: Path, init: str,
                 var = store.var
                 encoder, init_card = initial_encoder(init, store.n_genes, model, store)
                 card = model_card(f"finetune:{task}", store, _encoder_shape(encoder))
-            td = cross_modality_data(h5ad, var, config, train_cfg.seed, env, device)
+            td = cross_modality_data(h5ad, var, cfg, env, device)
         else:
             if shards is None:
                 raise UserError(f"the {task} task trains on a shard store", "pass --shards")
             store = open_shards(shards)
             var = store.var
             encoder, init_card = initial_encoder(init, store.n_genes, model, store)
-            td = _shard_task_data(task, store, config, train_cfg.seed, env, device)
+            td = _shard_task_data(task, store, cfg, train_cfg.seed, env, device)
             card = model_card(f"finetune:{task}", store, _encoder_shape(encoder))
-        if config.get("shallow"):
+        if cfg.shallow:
             freeze_all_but_last_layer(encoder)
         objective = build_objective(task, encoder, td.spec)
         init_path = init if init == "random" else str(Path(init).resolve())
         card.update(method=f"finetune:{task}", task=task, task_spec=td.spec, init=init_path,
                     init_method=(init_card or {}).get("method", "random"),
-                    shallow=bool(config.get("shallow", False)))
+                    shallow=cfg.shallow)
 
         def write_tables(run: RunDir) -> None:
             _write_run_tables(run, var, td.store)
             if td.cells is not None:
                 write_split_indices(run.path, td.cells)
 
-        summary, run = train_run(objective, td.train, td.val, train_cfg, out, config, card, env,
-                                 device, resume, on_create=write_tables)
+        summary, run = train_run(objective, td.train, td.val, train_cfg, out, cfg.to_dict(), card,
+                                 env, device, resume, on_create=write_tables)
         if task == "cross_modality" and env.is_main:
             from ssl_census.tasks.cross_modality import score_cross_modality
 
@@ -245,8 +242,8 @@ def run_finetune(task: str, config: dict[str, Any], out: Path, init: str,
         return summary
 
 
-def _encoder_shape(encoder: Encoder) -> dict[str, Any]:
-    return {"hidden": list(encoder.hidden), "dropout": encoder.dropout}
+def _encoder_shape(encoder: Encoder) -> ModelConfig:
+    return ModelConfig(encoder.hidden, encoder.dropout)
 
 
 def _store_for_random_init(shards: Path | None) -> ShardStore:
@@ -262,7 +259,8 @@ def _card_from_init(init_card: dict[str, Any], encoder: Encoder) -> dict[str, An
 
     keep = ("gene_list_sha256", "n_genes", "shards")
     return {"tool_version": __version__, **{k: init_card[k] for k in keep if k in init_card},
-            "encoder": {"n_genes": encoder.n_genes, **_encoder_shape(encoder)}, "step": 0,
+            "encoder": {"n_genes": encoder.n_genes, "hidden": list(encoder.hidden),
+                        "dropout": encoder.dropout}, "step": 0,
             "best_val_loss": None}
 
 
