@@ -11,7 +11,15 @@ import sys
 import click
 
 from ssl_census import __version__
+from ssl_census.benchmarks.commands import bench
+from ssl_census.census.commands import census
 from ssl_census.core.errors import UserError
+from ssl_census.evaluation.commands import embed, evaluate
+from ssl_census.rebuild.commands import rebuild
+from ssl_census.reproduce.commands import reproduce
+from ssl_census.shards.commands import shards
+from ssl_census.tasks.commands import finetune
+from ssl_census.training.commands import pretrain
 
 
 class _Group(click.Group):
@@ -32,34 +40,8 @@ def main() -> None:
     """
 
 
-def _register() -> None:
-    from ssl_census.census.commands import census
-
-    main.add_command(census)
-    from ssl_census.training.commands import pretrain
-
-    main.add_command(pretrain)
-    from ssl_census.shards.commands import shards
-
-    main.add_command(shards)
-    from ssl_census.benchmarks.commands import bench
-
-    main.add_command(bench)
-    from ssl_census.evaluation.commands import embed, evaluate
-    from ssl_census.tasks.commands import finetune
-
-    main.add_command(finetune)
-    main.add_command(evaluate)
-    main.add_command(embed)
-    from ssl_census.reproduce.commands import reproduce
-
-    main.add_command(reproduce)
-    from ssl_census.rebuild.commands import rebuild
-
-    main.add_command(rebuild)
-
-
-_register()
+for _command in (census, pretrain, shards, bench, finetune, evaluate, embed, reproduce, rebuild):
+    main.add_command(_command)
 
 if __name__ == "__main__":
     main()

@@ -8,9 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from ssl_census.data.h5ad import load_unseen
 from ssl_census.evaluation.embed import apply_to_matrix
-from ssl_census.evaluation.unseen import load_unseen
-from ssl_census.tasks.finetune import RUN_LABELS, load_task, run_gene_space
+from ssl_census.tasks.runs import RUN_LABELS, load_task, run_gene_space
 from ssl_census.training.rundir import load_encoder
 
 OBSM_KEY = "X_ssl_census"

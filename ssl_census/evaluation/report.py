@@ -25,21 +25,25 @@ import torch
 
 from ssl_census.core import atomic
 from ssl_census.core.errors import UserError
-from ssl_census.evaluation import plots
-from ssl_census.evaluation.embed import apply_to_matrix, apply_to_split, split_batches
-from ssl_census.evaluation.integration import integration_scores
-from ssl_census.evaluation.knn import knn_classify
-from ssl_census.evaluation.metrics import (
+from ssl_census.core.metrics import (
     RegressionAccumulator,
     classification_scores,
     descendant_matrix,
     hierarchy_corrected,
     per_class_f1,
 )
+from ssl_census.core.ontology import load_cell_ontology
+from ssl_census.data import BlockShuffleLoader
+from ssl_census.data.h5ad import load_unseen
+from ssl_census.evaluation import plots
+from ssl_census.evaluation.embed import apply_to_matrix, apply_to_split, split_batches
+from ssl_census.evaluation.integration import integration_scores
+from ssl_census.evaluation.knn import knn_classify
 from ssl_census.evaluation.pca import StreamingPCA
 from ssl_census.models.mlp import Encoder
-from ssl_census.shards.store import ShardStore, open_shards
-from ssl_census.tasks.finetune import check_same_gene_space, load_task, run_gene_space
+from ssl_census.shards.store import ShardStore, open_shards, read_parquet
+from ssl_census.tasks.inputs import BatchCodes
+from ssl_census.tasks.runs import check_same_gene_space, load_task, run_gene_space
 from ssl_census.training.rundir import RunDir, load_encoder
 
 K = 5
@@ -120,8 +124,6 @@ def prediction_scores(y: np.ndarray, pred: np.ndarray, descendants: np.ndarray,
 
 
 def _label_context(store: ShardStore) -> tuple[np.ndarray, dict[int, int]]:
-    from ssl_census.core.ontology import load_cell_ontology
-
     labels = store.labels.sort_values("cell_type_code")
     onto = load_cell_ontology()
     descendants = descendant_matrix(labels["cell_type_ontology_term_id"].astype(str).tolist(),
@@ -157,16 +159,12 @@ def _numpy_fn(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[torch.Tensor]
 
 
 def _reconstruction_scores(run_dir: Path, store: ShardStore, opts: EvalOptions) -> dict:
-    from ssl_census.data import BlockShuffleLoader
-
     model, card = load_task(run_dir, device=opts.device)
     key = card["task_spec"].get("batch_key")
     loader = BlockShuffleLoader(store.path, split="test", batch_size=opts.batch_size,
                                 layers=("x",), obs_columns=(key,) if key else (),
                                 device=opts.device, shuffle=False, workers=opts.workers)
     if key:
-        from ssl_census.tasks.finetune import BatchCodes
-
         loader = BatchCodes(loader, key, card["task_spec"]["batch_categories"])
     acc = RegressionAccumulator(store.n_genes)
     with torch.no_grad():
@@ -244,8 +242,6 @@ def _folds(n: int, seed: int, n_folds: int = 5) -> np.ndarray:
 
 
 def evaluate_h5ad(run_dir: Path, h5ad: Path, label_key: str, opts: EvalOptions) -> dict:
-    from ssl_census.evaluation.unseen import load_unseen
-
     keys = (label_key,) + ((opts.batch_key,) if opts.batch_key else ())
     cells = load_unseen(h5ad, run_gene_space(run_dir), layer=opts.layer, required_obs=keys)
     print(f"{h5ad}: {cells.match.n_matched} of {cells.match.n_model_genes} model genes matched "
@@ -289,8 +285,6 @@ def evaluate_h5ad(run_dir: Path, h5ad: Path, label_key: str, opts: EvalOptions) 
 def _classifier_on_h5ad(run_dir: Path, x: Any, labels: np.ndarray, opts: EvalOptions) -> dict:
     """The head's predictions, scored where the file's labels name the run's cell types
     (by name or CL term id); files with their own vocabulary get the predictions counted."""
-    from ssl_census.shards.store import read_parquet
-
     model, _ = load_task(run_dir, device=opts.device)
     table = read_parquet(Path(run_dir) / "labels.parquet").sort_values("cell_type_code")
     pred = apply_to_matrix(model.logits, x, 4096, opts.device).argmax(1)

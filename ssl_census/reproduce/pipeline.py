@@ -6,9 +6,12 @@ import os
 import time
 from pathlib import Path
 
+import torch
+
 from ssl_census.core.errors import UserError
 from ssl_census.reproduce import data
 from ssl_census.reproduce.config import load_reproduce_config
+from ssl_census.reproduce.page import write_page
 from ssl_census.reproduce.runs import PHASES, Experiment, Inputs
 
 
@@ -24,10 +27,6 @@ def reproduce(config: str | os.PathLike[str], work: str | os.PathLike[str],
               page: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,
               census_uri: str | None = None) -> Path:
     """Build the data, run (or skip) every run of the config, and write the results page."""
-    import torch
-
-    from ssl_census.reproduce.page import write_page
-
     t0 = time.perf_counter()
     conf = load_reproduce_config(config)
     if conf.threads:

@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ssl_census.reproduce.config import ReproduceConfig
+from ssl_census.tasks.cross_modality import SCORES
 
+DONE = "reproduce-step.json"  # written last into a finished training run (reproduce.runs)
 RUN_ENCODER_PREFIXES = ("zero-shot ", "random-init", "PCA-")
 
 
@@ -120,8 +122,6 @@ def classifier_scores(report: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def cross_modality_table(conf: ReproduceConfig, work: Path, seeds: list[int]) -> Table:
-    from ssl_census.tasks.cross_modality import SCORES
-
     table = Table("RNA to protein, test cells", ("Pearson", "Pearson per cell"))
     for seed in seeds:
         runs = _seed_dir(conf, work, seed) / "cross_modality"
@@ -179,8 +179,6 @@ class Training:
 def training_lengths(conf: ReproduceConfig, work: Path) -> dict[str, Training]:
     """Per stage (pretrain, celltype, ...), the steps its finished runs trained, read from the
     runs' own records."""
-    from ssl_census.reproduce.runs import DONE
-
     out: dict[str, Training] = {}
     for seed in conf.seeds:
         for marker in sorted(_seed_dir(conf, work, seed).glob(f"*/*/{DONE}")):
@@ -195,8 +193,6 @@ def training_lengths(conf: ReproduceConfig, work: Path) -> dict[str, Training]:
 
 def step_seconds(conf: ReproduceConfig, work: Path) -> float:
     """Compute time recorded by every finished run and evaluation under ``work``."""
-    from ssl_census.reproduce.runs import DONE
-
     total = 0.0
     for path in runs_root(conf, work).rglob("*.json"):
         if path.name == DONE or path.parent.name == "evaluation" or path.name.startswith("scores-"):

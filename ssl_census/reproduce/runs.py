@@ -37,13 +37,27 @@ from typing import Any
 
 from ssl_census.core import atomic
 from ssl_census.core.config import load_toml, merge
+from ssl_census.data.h5ad import load_unseen
+from ssl_census.evaluation.embed import apply_to_matrix
+from ssl_census.evaluation.integration import integration_scores
+from ssl_census.evaluation.pca import StreamingPCA
+from ssl_census.evaluation.report import (
+    PCA_COMPONENTS,
+    EvalOptions,
+    evaluate_h5ad,
+    evaluate_shards,
+    write_reports,
+)
 from ssl_census.reproduce.config import ReproduceConfig
 from ssl_census.reproduce.data import digest, identity
-from ssl_census.reproduce.results import runs_root
+from ssl_census.reproduce.results import DONE, runs_root
 from ssl_census.tasks.config import FinetuneConfig
+from ssl_census.tasks.finetune import run_finetune
+from ssl_census.tasks.runs import run_gene_space
 from ssl_census.training.config import PretrainConfig
+from ssl_census.training.pretrain import run_pretraining
+from ssl_census.training.rundir import load_encoder
 
-DONE = "reproduce-step.json"
 KEY = "reproduce_key"  # where an evaluation report records its key
 
 
@@ -110,8 +124,6 @@ def once(step: Step) -> None:
         return
     result.update({"seconds": seconds, KEY: step.key, "reproduce_inputs": step.inputs})
     if step.kind == "evaluation":
-        from ssl_census.evaluation.report import write_reports
-
         write_reports(result, step.path, plots_on=False)
     else:
         step.path.parent.mkdir(parents=True, exist_ok=True)
@@ -146,16 +158,12 @@ class Experiment:
         return runs_root(self.conf, self.work) / f"seed{seed}" / Path(*parts)
 
     def _eval_options(self, seed: int, batch_key: str | None = None) -> Any:
-        from ssl_census.evaluation.report import EvalOptions
-
         return EvalOptions(batch_size=2048, device=self.conf.device, workers=1, plots=False,
                            batch_key=batch_key, seed=seed, embedding_2d="pca")
 
     # -- training runs -------------------------------------------------------------------
 
     def pretrain(self, seed: int, method: str) -> Step:
-        from ssl_census.training.pretrain import run_pretraining
-
         out = self._dir(seed, "pretrain", method)
         store = self.inputs.stores["auxiliary"]
         gene_sets = self.conf.gene_sets.get(method)
@@ -171,8 +179,6 @@ class Experiment:
     def finetune(self, seed: int, task: str, name: str, init: Step | None,
                  extra: dict[str, Any] | None = None, **data: Path) -> Step:
         """A fine-tuning run from the pre-training run ``init`` (None: a random encoder)."""
-        from ssl_census.tasks.finetune import run_finetune
-
         out = self._dir(seed, task, name)
         cfg = _stage_config(task, "finetune", self.conf.finetune[task], {
             "device": self.conf.device, "train": {"seed": seed}, **(extra or {})})
@@ -193,8 +199,6 @@ class Experiment:
     def transfer(self, seed: int, pretrained: dict[str, Step]) -> list[Step]:
         """Cell types on kang: supervised and fine-tuned SSL, evaluated on held-out donors and
         on the stimulated cells."""
-        from ssl_census.evaluation.report import evaluate_h5ad, evaluate_shards
-
         kang = self.inputs.stores["kang"]
         h5ad, label_key = self.inputs.unseen
         runs = {"supervised": self.finetune(seed, "celltype", "supervised", None, shards=kang)}
@@ -292,14 +296,6 @@ def integration_benchmark(runs: dict[str, Path], h5ad: Path, label_key: str, bat
                           seed: int, device: str, max_cells: int = 20_000) -> dict[str, Any]:
     """scIB scores (evaluation.integration) of each run's embedding of ``h5ad`` and of the PCA
     baseline, in one benchmark; ``runs`` maps a row name to its run directory."""
-    from ssl_census.evaluation.embed import apply_to_matrix
-    from ssl_census.evaluation.integration import integration_scores
-    from ssl_census.evaluation.pca import StreamingPCA
-    from ssl_census.evaluation.report import PCA_COMPONENTS
-    from ssl_census.evaluation.unseen import load_unseen
-    from ssl_census.tasks.finetune import run_gene_space
-    from ssl_census.training.rundir import load_encoder
-
     first = next(iter(runs.values()))
     cells = load_unseen(h5ad, run_gene_space(first), required_obs=(label_key, batch_key))
     embeddings = {}

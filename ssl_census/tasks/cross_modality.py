@@ -20,12 +20,13 @@ import torch
 
 from ssl_census.core import atomic
 from ssl_census.core.errors import UserError
-from ssl_census.evaluation.metrics import correlation_scores
-from ssl_census.evaluation.unseen import UnseenCells, load_unseen
+from ssl_census.core.metrics import correlation_scores
+from ssl_census.data.arrays import ArrayLoader
+from ssl_census.data.h5ad import UnseenCells, load_unseen
 from ssl_census.shards.values import normalise
-from ssl_census.tasks.arrays import ArrayLoader
 from ssl_census.tasks.config import FinetuneConfig
-from ssl_census.tasks.finetune import TaskData, load_task, run_gene_space
+from ssl_census.tasks.inputs import TaskData
+from ssl_census.tasks.runs import load_task, run_gene_space
 from ssl_census.training.distributed import DistEnv
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
