@@ -40,17 +40,12 @@ from ssl_census.core.config import load_toml, merge
 from ssl_census.data.h5ad import load_unseen
 from ssl_census.evaluation.embed import apply_to_matrix
 from ssl_census.evaluation.integration import integration_scores
-from ssl_census.evaluation.pca import StreamingPCA
-from ssl_census.evaluation.report import (
-    PCA_COMPONENTS,
-    EvalOptions,
-    evaluate_h5ad,
-    evaluate_shards,
-    write_reports,
-)
+from ssl_census.evaluation.pca import pca_of_cells
+from ssl_census.evaluation.render import write_reports
+from ssl_census.evaluation.report import PCA_NAME, EvalOptions, evaluate_h5ad, evaluate_shards
 from ssl_census.reproduce.config import ReproduceConfig
 from ssl_census.reproduce.data import digest, identity
-from ssl_census.reproduce.results import DONE, runs_root
+from ssl_census.reproduce.results import DONE, UNSUPERVISED, runs_root, ssl
 from ssl_census.tasks.config import FinetuneConfig
 from ssl_census.tasks.finetune import run_finetune
 from ssl_census.tasks.runs import run_gene_space
@@ -81,7 +76,7 @@ class Step:
     what: str
     path: Path
     inputs: dict[str, Any]
-    compute: Callable[[], dict[str, Any]]
+    compute: Callable[[], Any]  # a summary or scores (dict), or an Evaluation
 
     @property
     def key(self) -> str:
@@ -122,10 +117,12 @@ def once(step: Step) -> None:
                                              "summary": result})
         print(f"[done] {step.what}: {seconds:.0f} s", flush=True)
         return
-    result.update({"seconds": seconds, KEY: step.key, "reproduce_inputs": step.inputs})
+    record = {"seconds": seconds, KEY: step.key, "reproduce_inputs": step.inputs}
     if step.kind == "evaluation":
+        result.report.update(record)
         write_reports(result, step.path, plots_on=False)
     else:
+        result.update(record)
         step.path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_json(step.path, result)
 
@@ -237,12 +234,12 @@ class Experiment:
             return []
         store = self.inputs.stores["integration"]
         extra = {"batch_key": self.conf.integration_batch_key}
-        runs = {"unsupervised": self.finetune(seed, "integration", "unsupervised", None, extra,
-                                              shards=store)}
+        runs = {UNSUPERVISED: self.finetune(seed, "integration", "unsupervised", None, extra,
+                                            shards=store)}
         for method in self.conf.integration_methods:
-            runs[f"SSL {method}"] = self.finetune(seed, "integration", method,
-                                                  pretrained[method], extra, shards=store)
-            runs[f"SSL-shallow {method}"] = self.finetune(
+            runs[ssl(method)] = self.finetune(seed, "integration", method, pretrained[method],
+                                              extra, shards=store)
+            runs[ssl(method, shallow=True)] = self.finetune(
                 seed, "integration", f"{method}-shallow", pretrained[method],
                 {**extra, "shallow": True}, shards=store)
         scores = []
@@ -302,14 +299,10 @@ def integration_benchmark(runs: dict[str, Path], h5ad: Path, label_key: str, bat
     for name, run in runs.items():
         encoder, _ = load_encoder(run, map_location=device)
         embeddings[name] = apply_to_matrix(encoder.to(device).eval(), cells.x, 4096, device)
-    pca = StreamingPCA(min(PCA_COMPONENTS, cells.x.shape[0] - 1), seed=seed).fit(
-        lambda: (cells.x[i : i + 8192] for i in range(0, cells.x.shape[0], 8192)),
-        cells.x.shape[1])
-    baseline = f"PCA-{PCA_COMPONENTS}"
-    embeddings[baseline] = pca.transform(cells.x)
+    embeddings[PCA_NAME] = pca_of_cells(cells.x, seed)
     obs = cells.adata.obs
     result = integration_scores(embeddings, obs[label_key].astype(str).to_numpy(),
-                                obs[batch_key].astype(str).to_numpy(), baseline=baseline,
+                                obs[batch_key].astype(str).to_numpy(), baseline=PCA_NAME,
                                 max_cells=max_cells, seed=seed)
     return {"h5ad": str(h5ad), "label_key": label_key, "batch_key": batch_key,
             "genes_matched": int(cells.match.n_matched),
