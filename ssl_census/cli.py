@@ -1,11 +1,14 @@
 """The ``ssl-census`` command line: a thin shell over the stages.
 
-Each stage keeps its commands in its own ``commands.py``; this file only assembles them and
-turns a :class:`~ssl_census.core.errors.UserError` into one line on stderr and exit code 2.
+Each stage keeps its commands in its own ``commands.py``; this file only assembles them, turns
+a :class:`~ssl_census.core.errors.UserError` into one line on stderr and exit code 2, and
+shows what the library logs (logger ``ssl_census``, INFO and up) on stderr: library code logs,
+commands print their results to stdout.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
@@ -38,6 +41,8 @@ def main() -> None:
 
     census -> shards -> loader -> pretrain -> finetune -> evaluate.
     """
+    logging.basicConfig(format="%(message)s")  # other libraries stay at WARNING
+    logging.getLogger("ssl_census").setLevel(logging.INFO)
 
 
 for _command in (census, pretrain, shards, bench, finetune, evaluate, embed, reproduce, rebuild):

@@ -35,7 +35,8 @@ from ssl_census.data.readers import array_dtype, open_reader
 from ssl_census.data.source import encode_obs, open_split
 
 # torch flags every CSR tensor as beta; the loader's use (construct, to_dense, .to) is stable.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+# Silenced where the loader makes one, not for the whole process.
+_CSR_BETA = "Sparse CSR tensor support is in beta state"
 
 LAYER_ARRAYS = {"x": "data", "counts": "counts"}
 SAMPLERS = (None, "balanced")
@@ -512,13 +513,15 @@ class BlockShuffleLoader:
     ) -> torch.Tensor:
         dev = device or torch.device("cpu")
         nb = device is not None and device.type == "cuda"
-        return torch.sparse_csr_tensor(
-            host.indptr.to(dev, non_blocking=nb),
-            host.indices.to(dev, non_blocking=nb),
-            host.values[layer].to(dev, non_blocking=nb),
-            size=(len(host.rows), self.n_genes),
-            check_invariants=False,
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_CSR_BETA)
+            return torch.sparse_csr_tensor(
+                host.indptr.to(dev, non_blocking=nb),
+                host.indices.to(dev, non_blocking=nb),
+                host.values[layer].to(dev, non_blocking=nb),
+                size=(len(host.rows), self.n_genes),
+                check_invariants=False,
+            )
 
     def _to_device(self, host: _HostBatch) -> Batch:
         dev = self.device

@@ -16,6 +16,7 @@ is, and a missing one is an error. Computing is here; rendering and writing the 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -46,6 +47,8 @@ from ssl_census.shards.store import ShardStore, open_shards, read_parquet
 from ssl_census.tasks.inputs import BatchCodes
 from ssl_census.tasks.runs import check_same_gene_space, load_task, run_gene_space
 from ssl_census.training.rundir import RunDir, load_encoder
+
+log = logging.getLogger(__name__)
 
 K = 5
 RANDOM_INIT_SEED = 0
@@ -127,7 +130,7 @@ def encoders_to_compare(run_dir: Path, device: str) -> tuple[list[Compared], dic
             out.append(Compared(Role.ZERO_SHOT, f"zero-shot {zcard.get('method', 'pretrained')}",
                                 zero))
         else:
-            print(f"note: the pre-trained run {init} is gone; zero-shot baseline left out")
+            log.warning(f"the pre-trained run {init} is gone; zero-shot baseline left out")
     out.append(Compared(Role.RANDOM_INIT, "random-init", _random_encoder(card)))
     for c in out:
         c.encoder = c.encoder.to(device).eval()
@@ -277,8 +280,8 @@ def _folds(n: int, seed: int, n_folds: int = 5) -> np.ndarray:
 def evaluate_h5ad(run_dir: Path, h5ad: Path, label_key: str, opts: EvalOptions) -> Evaluation:
     keys = (label_key,) + ((opts.batch_key,) if opts.batch_key else ())
     cells = load_unseen(h5ad, run_gene_space(run_dir), layer=opts.layer, required_obs=keys)
-    print(f"{h5ad}: {cells.match.n_matched} of {cells.match.n_model_genes} model genes matched "
-          f"(by {cells.match.column}), the rest zero-padded")
+    log.info(f"{h5ad}: {cells.match.n_matched} of {cells.match.n_model_genes} model genes matched "
+             f"(by {cells.match.column}), the rest zero-padded")
     encoders, card = encoders_to_compare(run_dir, opts.device)
     embedded = [Embedded(c.role, c.name, apply_to_matrix(c.encoder, cells.x, 4096, opts.device))
                 for c in encoders]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,8 @@ from ssl_census.shards.build import build_shards
 from ssl_census.shards.config import load_shards_config
 from ssl_census.shards.selection import matching_dataset_ids
 from ssl_census.shards.store import read_manifest
+
+log = logging.getLogger(__name__)
 
 
 def digest(inputs: dict[str, Any]) -> str:
@@ -70,16 +73,16 @@ def ensure_census(conf: ReproduceConfig, work: Path, data_dir: Path,
     key = digest({"config": spec, "files": {f: tree_checksum(data_dir / f)[:16]
                                             for f in files if f and (data_dir / f).is_file()}})
     if is_census_store(out) and _recorded(out) == key:
-        print(f"[census] {out} exists, kept")
+        log.info(f"[census] {out} exists, kept")
         return str(out)
     if is_census_store(out):
-        print(f"[census] {out} was built from another config or data: built again")
+        log.info(f"[census] {out} was built from another config or data: built again")
         shutil.rmtree(out)
         shutil.rmtree(work / "shards", ignore_errors=True)
     report = build_local_census(conf.census_config, out, data_dir)
     atomic.write_text(_key_file(out), key + "\n")
-    print(f"[census] built {out}: {report['n_cells']} cells, {report['n_datasets']} datasets "
-          f"in {report['seconds']} s")
+    log.info(f"[census] built {out}: {report['n_cells']} cells, {report['n_datasets']} datasets "
+             f"in {report['seconds']} s")
     return str(out)
 
 
@@ -129,9 +132,9 @@ def ensure_gene_list(conf: ReproduceConfig, work: Path, data_dir: Path, census_u
     if out.is_file() and out.read_text() == text:
         return out
     atomic.write_text(out, text)
-    print(f"[genes] {len(names)} genes of {conf.gene_list}"
-          + (f" (measured by {', '.join(conf.genes_measured_by)}, plus gene-set genes)"
-             if conf.genes_measured_by else ""))
+    log.info(f"[genes] {len(names)} genes of {conf.gene_list}"
+             + (f" (measured by {', '.join(conf.genes_measured_by)}, plus gene-set genes)"
+                if conf.genes_measured_by else ""))
     return out
 
 
@@ -157,7 +160,7 @@ def ensure_stores(conf: ReproduceConfig, work: Path, census_uri: str,
                               gene_list=str(gene_list), workers=conf.shards_workers,
                               replace=True)
         cells = {s: v["n_cells"] for s, v in report.manifest["splits"].items()}
-        print(f"[shards] {name}: {cells} cells -> {out}")
+        log.info(f"[shards] {name}: {cells} cells -> {out}")
         stores[name] = out
     return stores
 
@@ -197,8 +200,9 @@ def ensure_view(conf: ReproduceConfig, view: H5adView, work: Path,
     adata.write_h5ad(tmp)
     tmp.replace(out)
     atomic.write_text(_key_file(out), key + "\n")
-    print(f"[data] {view.name}: {adata.n_obs} cells of {view.file}"
-          + (f" where {view.select['column']} in {view.select['values']}" if view.select else ""))
+    log.info(f"[data] {view.name}: {adata.n_obs} cells of {view.file}"
+             + (f" where {view.select['column']} in {view.select['values']}"
+                if view.select else ""))
     return out, cl_key if terms is not None else view.label_key
 
 

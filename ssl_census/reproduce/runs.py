@@ -28,6 +28,7 @@ Layout under the work directory (``<R>`` = ``runs/<config name>``)::
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -52,6 +53,8 @@ from ssl_census.tasks.runs import run_gene_space
 from ssl_census.training.config import PretrainConfig
 from ssl_census.training.pretrain import run_pretraining
 from ssl_census.training.rundir import load_encoder
+
+log = logging.getLogger(__name__)
 
 KEY = "reproduce_key"  # where an evaluation report records its key
 
@@ -103,11 +106,11 @@ class Step:
 def once(step: Step) -> None:
     """Compute ``step`` unless it is finished with its current key."""
     if step.done():
-        print(f"[skip] {step.what}: done in {step.path}")
+        log.info(f"[skip] {step.what}: done in {step.path}")
         return
     if step.path.exists():
         step.remove()  # an interrupted run, or one of another configuration
-    print(f"[{'run' if step.kind == 'train' else 'eval'}] {step.what} -> {step.path}", flush=True)
+    log.info(f"[{'run' if step.kind == 'train' else 'eval'}] {step.what} -> {step.path}")
     t0 = time.perf_counter()
     result = step.compute()
     seconds = round(time.perf_counter() - t0, 2)
@@ -115,7 +118,7 @@ def once(step: Step) -> None:
         atomic.write_json(step.path / DONE, {"what": step.what, "key": step.key,
                                              "inputs": step.inputs, "seconds": seconds,
                                              "summary": result})
-        print(f"[done] {step.what}: {seconds:.0f} s", flush=True)
+        log.info(f"[done] {step.what}: {seconds:.0f} s")
         return
     record = {"seconds": seconds, KEY: step.key, "reproduce_inputs": step.inputs}
     if step.kind == "evaluation":
@@ -275,8 +278,8 @@ class Experiment:
                 for step in self.steps(phase, seed):
                     recorded = step.recorded_key()
                     if recorded is not None and recorded != step.key:
-                        print(f"[stale] {step.what}: made with other settings or inputs, "
-                              "removed")
+                        log.info(f"[stale] {step.what}: made with other settings or inputs, "
+                                 "removed")
                         step.remove()
                         stale += 1
         return stale

@@ -10,6 +10,7 @@ run, so the test figures can be recomputed. Scores sit beside a predict-the-mean
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,8 @@ from ssl_census.tasks.config import FinetuneConfig
 from ssl_census.tasks.inputs import TaskData
 from ssl_census.tasks.runs import load_task, run_gene_space
 from ssl_census.training.distributed import DistEnv
+
+log = logging.getLogger(__name__)
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SCORES = "cross_modality_scores.json"
@@ -79,8 +82,8 @@ def cross_modality_data(h5ad: Path, var: pd.DataFrame, config: FinetuneConfig, e
                       **ranks)
     spec = {"h5ad": str(Path(h5ad).resolve()), "target_obsm": key, "target_names": names,
             "genes_matched": cells.match.n_matched}
-    print(f"{h5ad}: {cells.match.n_matched} of {len(var)} model genes matched "
-          f"(by {cells.match.column}); {len(names)} targets from obsm[{key!r}]")
+    log.info(f"{h5ad}: {cells.match.n_matched} of {len(var)} model genes matched "
+             f"(by {cells.match.column}); {len(names)} targets from obsm[{key!r}]")
     return TaskData(train, val, spec, None, splits)
 
 
