@@ -88,6 +88,16 @@ TINY = {"hidden": [128, 32], "dropout": 0.1}
 SMALL_HEADS = {"projector_hidden": 256, "predictor_hidden": 256, "projection_dim": 64}
 
 
+def options_for(method: str, **wanted: Any) -> dict[str, Any]:
+    """Those of ``wanted`` that ``method`` takes (each method refuses keys it does not know)."""
+    from dataclasses import fields
+
+    from ssl_census.pretext.options import OPTIONS
+
+    known = {f.name for f in fields(OPTIONS[method])}
+    return {k: v for k, v in wanted.items() if k in known}
+
+
 def gene_sets_for(method: str, shared_data: Path) -> str | None:
     name = {"gp_mask": BESCA, "gp_to_gp": BESCA, "gp_to_tf": DOROTHEA}.get(method)
     return str(shared_data / name) if name else None

@@ -19,7 +19,7 @@ from loader_support import build_kang_store
 import ssl_census
 from ssl_census.cli import main
 from ssl_census.core.errors import UserError
-from ssl_census.evaluation import inputs
+from ssl_census.data import h5ad_inputs as inputs
 from ssl_census.evaluation.model import OBSM_KEY, PROBABILITY_COLUMN, Model
 from ssl_census.models.mlp import mlp_head
 

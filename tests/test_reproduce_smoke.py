@@ -5,6 +5,7 @@ the stores hold the datasets they were asked for, and a rerun redoes nothing."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 
@@ -107,19 +108,20 @@ def test_stores_hold_the_selected_datasets_only(smoke) -> None:
     assert len(open_shards(work / "shards" / "kang").var) == len(genes) < 2000
 
 
-def test_a_rerun_redoes_nothing(smoke, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_rerun_redoes_nothing(smoke, caplog: pytest.LogCaptureFixture) -> None:
     from ssl_census.reproduce.pipeline import reproduce
 
     work, page, census, data = smoke
     markers = {p: p.stat().st_mtime_ns for p in (work / "runs").rglob("reproduce-step.json")}
-    reproduce("smoke", work, page, data, census_uri=census)
-    out = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="ssl_census"):
+        reproduce("smoke", work, page, data, census_uri=census)
+    out = caplog.text
     assert "[run]" not in out and "[eval]" not in out and "[skip]" in out
     assert markers == {p: p.stat().st_mtime_ns for p in markers}
 
 
 def test_a_changed_setting_redoes_only_the_steps_it_touches(smoke, tmp_path,
-                                                             capsys: pytest.CaptureFixture[str]):
+                                                             caplog: pytest.LogCaptureFixture):
     import shutil
 
     from ssl_census.reproduce.pipeline import reproduce
@@ -131,8 +133,9 @@ def test_a_changed_setting_redoes_only_the_steps_it_touches(smoke, tmp_path,
     changed.write_text('extends = "smoke"\nname = "smoke"\n'
                        "[finetune.celltype]\ntrain = { max_steps = 3 }\n")
     page = tmp_path / "docs" / "results.md"
-    reproduce(changed, copy, page, data, census_uri=census)
-    out = capsys.readouterr().out
+    with caplog.at_level(logging.INFO, logger="ssl_census"):
+        reproduce(changed, copy, page, data, census_uri=census)
+    out = caplog.text
     assert "[skip] pretrain random_mask seed 0" in out
     assert "[skip] finetune cross_modality random seed 0" in out
     for name in ("supervised", "random_mask"):

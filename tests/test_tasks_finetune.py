@@ -85,18 +85,19 @@ def test_celltype_from_pretrained_is_evaluated_beside_its_baselines(work):
              "--device", "cpu", "--workers", "1", "--batch-size", "2048", "--embedding-2d", "pca",
              "--pca-max-cells", "2048"])
     rep = json.loads(report_path.read_text())
-    assert set(rep["knn"]) == {"finetune:celltype", "zero-shot random_mask", "random-init",
-                               "PCA-64"}
+    assert {role: s["name"] for role, s in rep["knn"].items()} == {
+        "run": "finetune:celltype", "zero_shot": "zero-shot random_mask",
+        "random_init": "random-init", "pca": "PCA-64"}
     for scores in [*rep["knn"].values(), rep["classifier"]]:
         assert 0 <= scores["plain"]["macro_f1"] <= 1
         # the hierarchy only ever turns a wrong prediction right
         assert scores["hierarchy_aware"]["micro_f1"] >= scores["plain"]["micro_f1"]
         assert set(scores["by_dataset"]) == {"kang"}
-    assert rep["n_test_labelled"] == rep["knn"]["PCA-64"]["plain"]["n_cells"]
+    assert rep["n_test_labelled"] == rep["knn"]["pca"]["plain"]["n_cells"]
     # held-out donors: PCA + kNN and the trained classifier both classify PBMCs well
-    assert rep["knn"]["PCA-64"]["plain"]["macro_f1"] > 0.6
+    assert rep["knn"]["pca"]["plain"]["macro_f1"] > 0.6
     assert rep["classifier"]["plain"]["micro_f1"] > 0.8
-    assert min(r["abundance"] for r in rep["knn"]["PCA-64"]["per_class"]) > 0
+    assert min(r["abundance"] for r in rep["knn"]["pca"]["per_class"]) > 0
     md = (work["root"] / "report" / "ct.md").read_text()
     assert "macro F1 (hierarchy)" in md and "zero-shot random_mask" in md
     assert (work["root"] / "report" / "ct-embedding.png").stat().st_size > 10_000
@@ -130,7 +131,7 @@ def test_unseen_h5ad_is_evaluated_leave_one_donor_out(work, shared_data):
          "cell_type", "--json", path, "--no-plots"])
     rep = json.loads(path.read_text())
     assert rep["genes_matched"] > 1000 and rep["protocol"].startswith("5-fold")
-    assert rep["knn"]["PCA-64"]["plain"]["macro_f1"] > 0.6
+    assert rep["knn"]["pca"]["plain"]["macro_f1"] > 0.6
 
 
 def test_shallow_integration_moves_only_the_last_encoder_layer(work):

@@ -14,6 +14,7 @@ from pretrain_support import (
     TensorLoader,
     ddp_worker,
     gene_sets_for,
+    options_for,
     pbmc_store,
     split_matrix,
 )
@@ -32,7 +33,7 @@ def pbmc(shared_data, tmp_path_factory):
 def make_trainer(pbmc, shared_data, run_path, method="random_mask", on_step=None, **cfg):
     store, train, val = pbmc
     seed_everything(0)
-    options = {**SMALL_HEADS, "min_fraction": 0.2}
+    options = options_for(method, **SMALL_HEADS, min_fraction=0.2)
     objective = build_method(method, store.var["feature_name"].tolist(), model=TINY,
                              options=options, gene_sets=gene_sets_for(method, shared_data))
     config = TrainConfig(**{"max_steps": 30, "max_epochs": None, "val_every": 10,

@@ -33,7 +33,8 @@ from ssl_census.shards.store import open_shards
 
 LOADERS = ("ssl-census", "annbatch", "scdataset", "tiledbsoma-ml", "raw", "readers")
 ROOT = Path(__file__).resolve().parents[2]
-PYTHON312 = os.environ.get("SSL_CENSUS_PYTHON312", "/root/.pyenv/versions/3.12.1/bin/python3.12")
+# annbatch needs Python 3.12: $SSL_CENSUS_PYTHON312, else python3.12 on the PATH
+PYTHON312 = os.environ.get("SSL_CENSUS_PYTHON312") or shutil.which("python3.12") or ""
 ANNBATCH_PINS = ("annbatch==0.3.1", "zarrs==0.2.3")
 ANNBATCH_DEFAULTS = {"ab_chunk_size": 512, "ab_preload_nchunks": 32, "dataset_size": "2GB"}
 SCDATASET_DEFAULTS = {"scd_block_size": 256, "scd_fetch_factor": 8}
@@ -120,10 +121,9 @@ def annbatch_python(work: Path) -> tuple[Path | None, str]:
     py = venv / "bin" / "python"
     if py.is_file() and _run([str(py), "-c", "import annbatch, zarrs"]).returncode == 0:
         return py, ""
-    if not Path(PYTHON312).is_file():
-        return None, (
-            f"annbatch needs Python 3.12; not found at {PYTHON312} (set SSL_CENSUS_PYTHON312)"
-        )
+    if not PYTHON312 or not Path(PYTHON312).is_file():
+        return None, ("annbatch needs Python 3.12; none found (put python3.12 on the PATH or "
+                      "set SSL_CENSUS_PYTHON312)")
     made = _run([PYTHON312, "-m", "venv", str(venv)])
     if made.returncode == 0:
         made = _run([str(py), "-m", "pip", "install", "-q", *ANNBATCH_PINS, "psutil"])

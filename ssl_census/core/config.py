@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
+from dataclasses import fields, is_dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -52,13 +53,14 @@ def load_toml(path: str | Path, kind: str | None = None) -> dict[str, Any]:
 
 
 def merge(base: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    """Deep-merge ``overrides`` into ``base``; ``None`` values in overrides are ignored."""
+    """Deep-merge ``overrides`` into ``base``; ``None`` values in overrides are ignored, at any
+    depth (a table of unset options adds no keys)."""
     out: dict[str, Any] = dict(base)
     for k, v in overrides.items():
         if v is None:
             continue
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = merge(out[k], v)
+        if isinstance(v, Mapping) and isinstance(out.get(k, {}), Mapping):
+            out[k] = merge(out.get(k, {}), v)
         else:
             out[k] = v
     return out
@@ -83,3 +85,19 @@ def toml_dumps(config: Mapping[str, Any], prefix: str = "") -> str:
             name = f"{prefix}{k}"
             lines += ["", f"[{name}]", toml_dumps(v, name + ".").strip()]
     return "\n".join(lines).strip() + "\n"
+
+
+def check_keys(raw: Mapping[str, Any], known: Iterable[str], where: str) -> None:
+    """Refuse keys a config table does not know (a typo would otherwise be ignored)."""
+    known = sorted(set(known))
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        raise UserError(f"unknown keys in {where}: {', '.join(unknown)}",
+                        f"use only {', '.join(known)}")
+
+
+def section(cls: type, raw: Mapping[str, Any], where: str) -> Any:
+    """A config table as the dataclass ``cls``: unknown keys refused, lists made tuples."""
+    assert is_dataclass(cls)
+    check_keys(raw, (f.name for f in fields(cls)), where)
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})

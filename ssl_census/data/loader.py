@@ -35,12 +35,17 @@ from ssl_census.data.readers import array_dtype, open_reader
 from ssl_census.data.source import encode_obs, open_split
 
 # torch flags every CSR tensor as beta; the loader's use (construct, to_dense, .to) is stable.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+# Silenced where the loader makes one, not for the whole process.
+_CSR_BETA = "Sparse CSR tensor support is in beta state"
 
 LAYER_ARRAYS = {"x": "data", "counts": "counts"}
 SAMPLERS = (None, "balanced")
 DEFAULT_BLOCK = 2048
 DEFAULT_BUDGET = 2 * 2**30
+# Worker threads by default: at most this many (and never more than the CPU count). A fixed
+# cap, not the CPU count: every worker holds a batch, so on a many-core node a per-core default
+# would outgrow the memory budget and, through the fetch size, change the order of an epoch.
+DEFAULT_WORKERS = 4
 
 
 @dataclass
@@ -179,7 +184,8 @@ class BlockShuffleLoader:
         self.rank, self.world_size = int(rank), int(world_size)
         if not 0 <= self.rank < self.world_size:
             raise UserError(f"rank {self.rank} outside world size {self.world_size}")
-        self.workers = max(1, workers if workers is not None else (os.cpu_count() or 1))
+        if workers is not None and workers < 1:
+            raise UserError(f"workers={workers}", "use at least 1 worker thread")
         self.prefetch_batches = prefetch_batches
 
         obs_columns = tuple(obs_columns)
@@ -203,7 +209,10 @@ class BlockShuffleLoader:
 
         self.block_size = min(block_size, self.n_cells)
         self.memory_budget_bytes = memory_budget_bytes
-        self.buffer_cells = self._buffer_cells(buffer_cells)
+        self._buffer_requested = buffer_cells is not None
+        planned = workers if workers is not None else self._default_workers()
+        self.workers = planned if workers is not None else min(planned, os.cpu_count() or 1)
+        self.buffer_cells = self._buffer_cells(buffer_cells, planned)
         self._pool = _BufferPool()  # fetch buffers
         self._out_pool = _BufferPool(keep=2 * (self.prefetch_batches + self.workers + 1))
         self._compile_gather()
@@ -213,32 +222,52 @@ class BlockShuffleLoader:
 
     # -- configuration -----------------------------------------------------------------------
 
-    def _batch_bytes(self) -> float:
+    def _batch_bytes(self, workers: int) -> float:
         """Host bytes of the batches alive at once: CSR parts queued, being gathered or held
         by the caller; plus, for dense CPU batches, the caller's and the next dense array
         (dense arrays are made one at a time, as the caller asks for the next batch)."""
         avg_nnz = max(1.0, self.nnz / self.n_cells)
         csr = avg_nnz * 4 * (1 + len(self.layers)) + 8
-        alive = (self.prefetch_batches + self.workers + 1) * self.batch_size * csr
+        alive = (self.prefetch_batches + workers + 1) * self.batch_size * csr
         if self.dense and self.device.type == "cpu":
             alive += 2 * self.batch_size * self.n_genes * 4 * len(self.layers)
         return alive
 
-    def _buffer_cells(self, requested: int | None) -> int:
-        """Cells per fetch: three fetch buffers (one being gathered from, one loaded, one
-        starting) plus the batches alive fit the memory budget."""
+    def _fetch_bytes_per_cell(self) -> float:
         avg_nnz = max(1.0, self.nnz / self.n_cells)
-        fetch_b = avg_nnz * sum(self._dtypes[a].itemsize for a in self._arrays) + 24
-        batches = self._batch_bytes()
-        room = self.memory_budget_bytes - batches
-        fits = int(room // (3 * fetch_b))
-        cells = requested if requested is not None else min(fits, max(8 * self.batch_size, 65536))
+        return avg_nnz * sum(self._dtypes[a].itemsize for a in self._arrays) + 24
+
+    def _fits(self, workers: int) -> int:
+        """Cells per fetch the budget holds beside the batches of ``workers`` threads: three
+        fetch buffers are alive at once (one gathered from, one loaded, one starting)."""
+        room = self.memory_budget_bytes - self._batch_bytes(workers)
+        return int(room // (3 * self._fetch_bytes_per_cell()))
+
+    def _target_cells(self) -> int:
+        return max(8 * self.batch_size, 65536)
+
+    def _default_workers(self) -> int:
+        """The most workers, up to DEFAULT_WORKERS, whose batches leave the budget room for a
+        full fetch; 1 when none does. Depends on the budget and the store, not the machine."""
+        for workers in range(DEFAULT_WORKERS, 0, -1):
+            if self._fits(workers) >= min(self._target_cells(), self.n_cells):
+                return workers
+        return 1
+
+    def _buffer_cells(self, requested: int | None, workers: int) -> int:
+        """Cells per fetch: what the budget holds beside the batches of ``workers`` threads
+        (at most the target), or ``requested``; refused when not even one block fits."""
+        fits = self._fits(workers)
+        cells = requested if requested is not None else min(fits, self._target_cells())
         if fits < self.block_size or cells > fits:
-            need = int(batches + 3 * max(cells, self.block_size) * fetch_b)
+            need = int(self._batch_bytes(workers)
+                       + 3 * max(cells, self.block_size) * self._fetch_bytes_per_cell())
             raise UserError(
                 f"memory_budget_bytes={self.memory_budget_bytes} is too small for batch_size "
-                f"{self.batch_size}, block_size {self.block_size} and buffer_cells {cells}",
-                f"raise it to at least {need} or lower batch_size, block_size or buffer_cells",
+                f"{self.batch_size}, block_size {self.block_size}, buffer_cells {cells} and "
+                f"{workers} workers",
+                f"raise it to at least {need} or lower batch_size, block_size, buffer_cells "
+                "or workers",
             )
         return max(self.block_size, cells // self.block_size * self.block_size)
 
@@ -299,14 +328,23 @@ class BlockShuffleLoader:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue at the batch after the last one handed out when ``state`` was taken."""
+        """Continue at the batch after the last one handed out when ``state`` was taken.
+
+        The order of an epoch is fixed by the settings in ``state``. ``buffer_cells`` (cells
+        per fetch) is taken over from ``state`` unless this loader was given its own, so a run
+        resumes on a machine with another core count or memory budget; the rest must agree.
+        """
         mine = self.state_dict()
-        differ = [k for k in mine if k not in ("epoch", "batch") and state.get(k) != mine[k]]
+        adopt = () if self._buffer_requested else ("buffer_cells",)
+        differ = [k for k in mine if k not in ("epoch", "batch", *adopt)
+                  and state.get(k) != mine[k]]
         if differ:
             raise UserError(
                 f"loader state was saved with different settings ({', '.join(differ)})",
                 "resume with the same split, batch_size, block_size, buffer_cells, seed and ranks",
             )
+        if "buffer_cells" in adopt and state["buffer_cells"] != self.buffer_cells:
+            self.buffer_cells = self._buffer_cells(int(state["buffer_cells"]), self.workers)
         self.epoch = int(state["epoch"])
         self._start_batch = int(state["batch"])
         self._yielded = 0
@@ -475,13 +513,15 @@ class BlockShuffleLoader:
     ) -> torch.Tensor:
         dev = device or torch.device("cpu")
         nb = device is not None and device.type == "cuda"
-        return torch.sparse_csr_tensor(
-            host.indptr.to(dev, non_blocking=nb),
-            host.indices.to(dev, non_blocking=nb),
-            host.values[layer].to(dev, non_blocking=nb),
-            size=(len(host.rows), self.n_genes),
-            check_invariants=False,
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_CSR_BETA)
+            return torch.sparse_csr_tensor(
+                host.indptr.to(dev, non_blocking=nb),
+                host.indices.to(dev, non_blocking=nb),
+                host.values[layer].to(dev, non_blocking=nb),
+                size=(len(host.rows), self.n_genes),
+                check_invariants=False,
+            )
 
     def _to_device(self, host: _HostBatch) -> Batch:
         dev = self.device

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ssl_census.core.errors import UserError
+
 
 @dataclass(frozen=True)
 class Fetch:
@@ -153,8 +155,6 @@ def class_balanced_weights(codes: np.ndarray, labels: pd.DataFrame) -> np.ndarra
     weight_of[table_codes] = labels["class_weight"].to_numpy(dtype=np.float64)
     w = np.where(codes >= 0, weight_of[np.clip(codes, 0, None)], 0.0)
     if not np.any(w > 0):
-        from ssl_census.core.errors import UserError
-
         raise UserError(
             "no cell in this split has a class weight", "use sampler=None for unlabelled data"
         )

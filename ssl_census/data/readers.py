@@ -35,9 +35,10 @@ import numpy as np
 
 from ssl_census.core.errors import UserError
 
-# The worker threads share the cores; blosc's own thread pool (and the global lock numcodecs
-# takes when it is used) would serialise them.
-blosc.use_threads = False
+# Blosc's own thread pool (and the global lock numcodecs takes around it) would serialise the
+# loader's worker threads. numcodecs' default (use_threads None) already leaves it out of any
+# thread but the main one, so the workers decompress side by side; the setting is the
+# process's, so this module leaves it alone.
 
 READERS = ("direct", "zarr", "zarrs", "tensorstore")
 AUTO_READER = "direct"  # fastest in `ssl-census bench loader` (docs/loader.md)

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from ssl_census.core.measure import in_fresh_process
-from ssl_census.evaluation.inputs import quiet_anndata
+from ssl_census.data.h5ad_inputs import quiet_anndata
 from ssl_census.models.mlp import PAPER_HIDDEN, Encoder
 
 _WRITE_CHUNK = 20_000
@@ -90,7 +90,7 @@ def write_synthetic_h5ad(path: Path, n_cells: int, var: pd.DataFrame, nnz: int,
 def random_run(out: Path, var: pd.DataFrame, hidden: tuple[int, ...], seed: int = 0) -> Path:
     """A run directory holding an untrained encoder over ``var`` (written once)."""
     from ssl_census.shards.store import write_parquet
-    from ssl_census.tasks.finetune import RUN_VAR
+    from ssl_census.tasks.runs import RUN_VAR
     from ssl_census.training.rundir import RunDir
 
     if (out / "checkpoints" / "last.pt").is_file():

@@ -38,6 +38,7 @@ def evaluate(run_dir: Path, shards: Path | None, h5ad: Path | None, label_key: s
              embedding_2d: str, device: str,
              workers: int | None) -> None:
     """Score a run's embeddings (kNN k=5, F1 plain and hierarchy-aware) beside baselines."""
+    from ssl_census.evaluation import render
     from ssl_census.evaluation import report as rep
 
     if (shards is None) == (h5ad is None):
@@ -49,12 +50,12 @@ def evaluate(run_dir: Path, shards: Path | None, h5ad: Path | None, label_key: s
     if h5ad is not None:
         if not label_key:
             raise UserError("--h5ad needs --label-key", "name the obs column with cell types")
-        report = rep.evaluate_h5ad(run_dir, h5ad, label_key, opts)
+        evaluation = rep.evaluate_h5ad(run_dir, h5ad, label_key, opts)
     else:
-        report = rep.evaluate_shards(run_dir, shards, opts)
-    path = json_path or rep.default_report_path(run_dir, h5ad or shards)
-    written = rep.write_reports(report, path, opts.plots, embedding_2d)
-    click.echo(rep.markdown(report))
+        evaluation = rep.evaluate_shards(run_dir, shards, opts)
+    path = json_path or render.default_report_path(run_dir, h5ad or shards)
+    written = render.write_reports(evaluation, path, opts.plots, embedding_2d)
+    click.echo(render.markdown(evaluation.report))
     click.echo("wrote " + ", ".join(str(p) for p in written))
 
 

@@ -10,7 +10,7 @@ import scipy.sparse as sp
 import torch
 
 from ssl_census.core.progress import progress
-from ssl_census.tasks.arrays import ArrayLoader
+from ssl_census.data.arrays import ArrayLoader
 
 BLOCK_ROWS = 256
 

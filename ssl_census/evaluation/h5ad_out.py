@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from ssl_census.core.errors import UserError
-from ssl_census.evaluation.inputs import quiet_anndata
+from ssl_census.data.h5ad_inputs import quiet_anndata
 
 _ARRAY = {"encoding-type": "array", "encoding-version": "0.2.0"}
 _DICT = {"encoding-type": "dict", "encoding-version": "0.1.0"}

@@ -27,18 +27,18 @@ from torch import nn
 
 from ssl_census.core.errors import UserError
 from ssl_census.core.progress import progress
-from ssl_census.evaluation.embed import forward_blocks
-from ssl_census.evaluation.h5ad_out import AddedElements, staged_copy
-from ssl_census.evaluation.inputs import (
+from ssl_census.data.h5ad import Resolved, check_chunk, model_values, resolve
+from ssl_census.data.h5ad_inputs import (
     CHUNK_CELLS,
     CellSource,
     open_h5ad,
     sources_in_file,
     sources_in_memory,
 )
-from ssl_census.evaluation.unseen import Resolved, check_chunk, model_values, resolve
+from ssl_census.evaluation.embed import forward_blocks
+from ssl_census.evaluation.h5ad_out import AddedElements, staged_copy
 from ssl_census.shards.store import read_parquet
-from ssl_census.tasks.finetune import RUN_LABELS, load_task, run_gene_space
+from ssl_census.tasks.runs import RUN_LABELS, load_task, run_gene_space
 from ssl_census.training.rundir import load_encoder
 
 log = logging.getLogger(__name__)

@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 
 Batches = Callable[[], Iterable[np.ndarray | sp.spmatrix]]
+PCA_COMPONENTS = 64  # the paper's PCA baseline
 
 
 def _pass(batches: Batches, q: np.ndarray, max_cells: int | None
@@ -70,3 +71,12 @@ class StreamingPCA:
         proj = x @ self.components_.T
         return np.asarray(proj - self.mean_.astype(np.float32) @ self.components_.T,
                           dtype=np.float32)
+
+
+def pca_of_cells(x: sp.spmatrix, seed: int = 0, batch: int = 8192) -> np.ndarray:
+    """The PCA baseline of cells held in memory (an h5ad's): fitted on them and applied to
+    them, with ``PCA_COMPONENTS`` components (fewer when there are fewer cells)."""
+    n = x.shape[0]
+    pca = StreamingPCA(min(PCA_COMPONENTS, n - 1), seed=seed).fit(
+        lambda: (x[i : i + batch] for i in range(0, n, batch)), x.shape[1])
+    return pca.transform(x)

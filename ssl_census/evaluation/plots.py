@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+
+log = logging.getLogger(__name__)
 
 MAX_POINTS = 20_000
 MAX_LEGEND = 20
@@ -26,7 +29,7 @@ def two_d(z: np.ndarray, how: str = "umap", seed: int = 0) -> tuple[np.ndarray, 
             layout = umap.UMAP(n_components=2, random_state=seed, n_jobs=1).fit_transform(z)
             return layout, "UMAP"
         except ImportError:
-            print("note: umap-learn is not installed; the 2-D view uses PCA")
+            log.warning("umap-learn is not installed; the 2-D view uses PCA")
     zc = z - z.mean(0)
     _, _, vt = np.linalg.svd(zc, full_matrices=False)
     return zc @ vt[:2].T, "PCA"

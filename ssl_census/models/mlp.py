@@ -7,12 +7,37 @@ and a model without batch statistics embeds a cell the same way whatever batch i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from ssl_census.core.config import section
+
 PAPER_HIDDEN = (512, 512, 256, 256, 64)
+PAPER_DROPOUT = 0.1
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The encoder's shape (the ``[model]`` table): layer sizes after the genes, the last one
+    the latent size, and the dropout after each hidden layer."""
+
+    hidden: tuple[int, ...] = PAPER_HIDDEN
+    dropout: float = PAPER_DROPOUT
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        object.__setattr__(self, "dropout", float(self.dropout))
+
+
+def model_config(raw: ModelConfig | Mapping[str, Any] | None) -> ModelConfig:
+    """``raw`` (a ``[model]`` table, or None for the paper's encoder) as a ModelConfig."""
+    if isinstance(raw, ModelConfig):
+        return raw
+    return section(ModelConfig, raw or {}, "[model]")
 
 
 def _stack(sizes: Sequence[int], dropout: float) -> nn.Sequential:
@@ -29,7 +54,7 @@ class Encoder(nn.Module):
     """Genes -> latent: ``n_genes -> hidden[0] -> ... -> hidden[-1]`` (the latent size)."""
 
     def __init__(
-        self, n_genes: int, hidden: Sequence[int] = PAPER_HIDDEN, dropout: float = 0.1
+        self, n_genes: int, hidden: Sequence[int] = PAPER_HIDDEN, dropout: float = PAPER_DROPOUT
     ) -> None:
         super().__init__()
         if not hidden:
@@ -51,7 +76,7 @@ class Decoder(nn.Module):
     """Latent -> genes, the encoder's layer sizes in reverse."""
 
     def __init__(
-        self, n_genes: int, hidden: Sequence[int] = PAPER_HIDDEN, dropout: float = 0.1
+        self, n_genes: int, hidden: Sequence[int] = PAPER_HIDDEN, dropout: float = PAPER_DROPOUT
     ) -> None:
         super().__init__()
         self.net = _stack((*reversed(tuple(hidden)), int(n_genes)), float(dropout))

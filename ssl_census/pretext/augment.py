@@ -3,13 +3,16 @@
 Noise as in the paper's code: negative-binomial counts (``total_count`` 10, success
 probabilities uniform per entry) normalised to 10,000 per cell, log1p, scaled by
 ``intensity`` and added to the log-normalised input, clamped at 0. Dropout masking sets a
-fraction of entries to 0 without rescaling the rest (a rescale has no meaning in log space).
+fraction (``view_dropout``) of entries to 0 without rescaling the rest (a rescale has no
+meaning in log space).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from ssl_census.pretext.options import ViewOptions
 
 
 def negative_binomial_noise(
@@ -28,9 +31,10 @@ def dropout_mask(x: torch.Tensor, rate: float) -> torch.Tensor:
 
 
 class Augment(nn.Module):
-    def __init__(self, noise: float = 0.2, dropout: float = 0.1, total_count: float = 10.0):
+    def __init__(self, options: ViewOptions) -> None:
         super().__init__()
-        self.noise, self.dropout, self.total_count = noise, dropout, total_count
+        self.noise, self.total_count = options.noise, options.total_count
+        self.dropout = options.view_dropout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.noise > 0:

@@ -15,6 +15,7 @@ import torch
 from ssl_census.models.mlp import Encoder, mlp_head
 from ssl_census.pretext.augment import Augment
 from ssl_census.pretext.base import Objective
+from ssl_census.pretext.options import BarlowOptions
 
 
 def _standardise(z: torch.Tensor) -> torch.Tensor:
@@ -30,13 +31,11 @@ def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tenso
 
 
 class BarlowTwins(Objective):
-    def __init__(
-        self, encoder: Encoder, augment: Augment, projection_dim: int = 512,
-        lambd: float = 0.0051,
-    ) -> None:
+    def __init__(self, encoder: Encoder, augment: Augment, options: BarlowOptions) -> None:
         super().__init__()
-        self.encoder, self.augment, self.lambd = encoder, augment, lambd
-        self.projector = mlp_head(encoder.latent_dim, projection_dim, projection_dim)
+        self.encoder, self.augment, self.lambd = encoder, augment, options.lambd
+        dim = options.projection_dim
+        self.projector = mlp_head(encoder.latent_dim, dim, dim)
 
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
         x = batch.x

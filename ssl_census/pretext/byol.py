@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from ssl_census.models.mlp import Encoder, mlp_head
 from ssl_census.pretext.augment import Augment
 from ssl_census.pretext.base import Objective
+from ssl_census.pretext.options import ByolOptions
 
 
 def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -24,14 +25,12 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 class BYOL(Objective):
-    def __init__(
-        self, encoder: Encoder, augment: Augment, projector_hidden: int = 4096,
-        projection_dim: int = 256, predictor_hidden: int = 4096, decay: float = 0.99,
-    ) -> None:
+    def __init__(self, encoder: Encoder, augment: Augment, options: ByolOptions) -> None:
         super().__init__()
-        self.encoder, self.augment, self.decay = encoder, augment, decay
-        self.projector = mlp_head(encoder.latent_dim, projector_hidden, projection_dim)
-        self.predictor = mlp_head(projection_dim, predictor_hidden, projection_dim)
+        self.encoder, self.augment, self.decay = encoder, augment, options.decay
+        dim = options.projection_dim
+        self.projector = mlp_head(encoder.latent_dim, options.projector_hidden, dim)
+        self.predictor = mlp_head(dim, options.predictor_hidden, dim)
         self.target_encoder = copy.deepcopy(encoder).requires_grad_(False)
         self.target_projector = copy.deepcopy(self.projector).requires_grad_(False)
 

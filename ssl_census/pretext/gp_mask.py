@@ -13,7 +13,7 @@ from ssl_census.pretext.programmes import ProgrammeSampler
 class GeneProgrammeMasking(MaskedAutoencoder):
     def __init__(
         self, encoder: Encoder, decoder: Decoder, programmes: GeneProgrammes,
-        mask_rate: float = 0.5,
+        mask_rate: float,
     ) -> None:
         super().__init__(encoder, decoder)
         self.sampler = ProgrammeSampler(programmes)

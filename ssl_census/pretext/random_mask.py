@@ -9,7 +9,7 @@ from ssl_census.pretext.base import MaskedAutoencoder
 
 
 class RandomMasking(MaskedAutoencoder):
-    def __init__(self, encoder: Encoder, decoder: Decoder, mask_rate: float = 0.5) -> None:
+    def __init__(self, encoder: Encoder, decoder: Decoder, mask_rate: float) -> None:
         super().__init__(encoder, decoder)
         if not 0 < mask_rate < 1:
             raise ValueError("mask_rate must lie in (0, 1)")

@@ -24,7 +24,9 @@ def rebuild(root, release, directory, config_path, gene_list, workers, memory_bu
     from ssl_census.shards.commands import parse_bytes
     from ssl_census.shards.store import SPLITS
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s rebuild: %(message)s")
+    # timestamps for a scheduled job's log, in place of the CLI's plain messages
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s rebuild: %(message)s",
+                        force=True)
     result = run_rebuild(root, release=release, directory=directory, config=config_path,
                          gene_list=gene_list, workers=workers,
                          memory_budget=parse_bytes(memory_budget))

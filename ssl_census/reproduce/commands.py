@@ -23,4 +23,4 @@ def reproduce(config: str, work: Path, page: Path, data_dir: Path | None,
     (skipping finished runs) and write the results page."""
     from ssl_census.reproduce.pipeline import reproduce as run
 
-    run(config, work, page, data_dir, census_uri)
+    click.echo(f"wrote {run(config, work, page, data_dir, census_uri)}")

@@ -12,19 +12,31 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import shutil
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import anndata as ad
 import numpy as np
 import pandas as pd
 
+from ssl_census.census.build_local import build_local_census
+from ssl_census.census.layout import is_census_store
+from ssl_census.census.open import open_census
 from ssl_census.core import atomic
 from ssl_census.core.config import load_toml
 from ssl_census.core.errors import UserError
 from ssl_census.core.store import tree_checksum
+from ssl_census.pretext.gene_programmes import TF_SUFFIX, read_gmt
 from ssl_census.reproduce.config import H5adView, ReproduceConfig
+from ssl_census.shards.build import build_shards
+from ssl_census.shards.config import load_shards_config
+from ssl_census.shards.selection import matching_dataset_ids
+from ssl_census.shards.store import read_manifest
+
+log = logging.getLogger(__name__)
 
 
 def digest(inputs: dict[str, Any]) -> str:
@@ -35,8 +47,6 @@ def digest(inputs: dict[str, Any]) -> str:
 
 def identity(path: Path) -> str:
     """Content identity of an input: a shard store's checksums, a view's key, a file's bytes."""
-    from ssl_census.shards.store import read_manifest
-
     path = Path(path)
     manifest = read_manifest(path) if path.is_dir() else None
     if manifest is not None:
@@ -57,25 +67,22 @@ def ensure_census(conf: ReproduceConfig, work: Path, data_dir: Path,
     config or data files changed (and then the stores made from it go too)."""
     if census_uri:
         return census_uri
-    from ssl_census.census.build_local import build_local_census
-    from ssl_census.census.layout import is_census_store
-
     out = work / "census"
     spec = load_toml(conf.census_config, kind="census")
     files = [spec.get("annotation"), *(d.get("file") for d in spec.get("datasets", []))]
     key = digest({"config": spec, "files": {f: tree_checksum(data_dir / f)[:16]
                                             for f in files if f and (data_dir / f).is_file()}})
     if is_census_store(out) and _recorded(out) == key:
-        print(f"[census] {out} exists, kept")
+        log.info(f"[census] {out} exists, kept")
         return str(out)
     if is_census_store(out):
-        print(f"[census] {out} was built from another config or data: built again")
+        log.info(f"[census] {out} was built from another config or data: built again")
         shutil.rmtree(out)
         shutil.rmtree(work / "shards", ignore_errors=True)
     report = build_local_census(conf.census_config, out, data_dir)
     atomic.write_text(_key_file(out), key + "\n")
-    print(f"[census] built {out}: {report['n_cells']} cells, {report['n_datasets']} datasets "
-          f"in {report['seconds']} s")
+    log.info(f"[census] built {out}: {report['n_cells']} cells, {report['n_datasets']} datasets "
+             f"in {report['seconds']} s")
     return str(out)
 
 
@@ -86,9 +93,6 @@ def _recorded(path: Path) -> str | None:
 
 def _measured_gene_names(census_uri: str, titles: tuple[str, ...]) -> set[str]:
     """Genes the named datasets measured (census feature_dataset_presence_matrix)."""
-    from ssl_census.census.open import open_census
-    from ssl_census.shards.selection import matching_dataset_ids
-
     with open_census(uri=census_uri) as census:
         datasets = census["census_info"]["datasets"].read().concat().to_pandas()
         rna = census["census_data"]["homo_sapiens"].ms["RNA"]
@@ -104,8 +108,6 @@ def _gene_set_genes(conf: ReproduceConfig, data_dir: Path) -> set[str]:
     """Members of ``genes.add_set_members`` GMTs and the transcription factors named by
     ``genes.add_set_regulators`` GMTs (``<TF>_TARGET_GENES``), so gene-programme methods find
     their programmes in a reduced gene space."""
-    from ssl_census.pretext.gene_programmes import TF_SUFFIX, read_gmt
-
     out: set[str] = set()
     for gmt in conf.genes_add_set_members:
         out.update(g for genes in read_gmt(data_dir / gmt).values() for g in genes)
@@ -130,16 +132,14 @@ def ensure_gene_list(conf: ReproduceConfig, work: Path, data_dir: Path, census_u
     if out.is_file() and out.read_text() == text:
         return out
     atomic.write_text(out, text)
-    print(f"[genes] {len(names)} genes of {conf.gene_list}"
-          + (f" (measured by {', '.join(conf.genes_measured_by)}, plus gene-set genes)"
-             if conf.genes_measured_by else ""))
+    log.info(f"[genes] {len(names)} genes of {conf.gene_list}"
+             + (f" (measured by {', '.join(conf.genes_measured_by)}, plus gene-set genes)"
+                if conf.genes_measured_by else ""))
     return out
 
 
 def shards_config(conf: ReproduceConfig, name: str) -> Any:
     """The base shards preset with the store's own ``[query]`` keys laid over it."""
-    from ssl_census.shards.config import load_shards_config
-
     base = load_shards_config(conf.shards_base)
     query = {k: tuple(v) if isinstance(v, list) else v for k, v in conf.stores[name].items()}
     try:
@@ -153,8 +153,6 @@ def shards_config(conf: ReproduceConfig, name: str) -> Any:
 def ensure_stores(conf: ReproduceConfig, work: Path, census_uri: str,
                   gene_list: Path) -> dict[str, Path]:
     """Every shard store of the config (built; kept when complete and of the same inputs)."""
-    from ssl_census.shards.build import build_shards
-
     stores = {}
     for name in conf.stores:
         out = work / "shards" / name
@@ -162,7 +160,7 @@ def ensure_stores(conf: ReproduceConfig, work: Path, census_uri: str,
                               gene_list=str(gene_list), workers=conf.shards_workers,
                               replace=True)
         cells = {s: v["n_cells"] for s, v in report.manifest["splits"].items()}
-        print(f"[shards] {name}: {cells} cells -> {out}")
+        log.info(f"[shards] {name}: {cells} cells -> {out}")
         stores[name] = out
     return stores
 
@@ -180,8 +178,6 @@ def ensure_view(conf: ReproduceConfig, view: H5adView, work: Path,
     """(h5ad path, label key) of a view: the file's selected cells, written again when the
     file, the selection or the label table changed; labels get their Cell Ontology term beside
     them where the census config maps them all."""
-    import anndata as ad
-
     out = work / "data" / f"{view.name}.h5ad"
     cl_key = f"{view.label_key}_ontology_term_id"
     key = digest({"file": tree_checksum(data_dir / view.file)[:16], "select": view.select,
@@ -204,19 +200,16 @@ def ensure_view(conf: ReproduceConfig, view: H5adView, work: Path,
     adata.write_h5ad(tmp)
     tmp.replace(out)
     atomic.write_text(_key_file(out), key + "\n")
-    print(f"[data] {view.name}: {adata.n_obs} cells of {view.file}"
-          + (f" where {view.select['column']} in {view.select['values']}" if view.select else ""))
+    log.info(f"[data] {view.name}: {adata.n_obs} cells of {view.file}"
+             + (f" where {view.select['column']} in {view.select['values']}"
+                if view.select else ""))
     return out, cl_key if terms is not None else view.label_key
 
 
 def n_cells(path: Path) -> int:
-    import anndata as ad
-
     return int(ad.read_h5ad(path, backed="r").n_obs)
 
 
 def label_counts(path: Path, key: str) -> dict[str, int]:
-    import anndata as ad
-
     vc = ad.read_h5ad(path, backed="r").obs[key].astype(str).value_counts()
     return {str(k): int(v) for k, v in vc.items() if v > 0 and not np.isnan(v)}

@@ -12,7 +12,22 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ssl_census.reproduce.results import Row, mean_sd
+from ssl_census.evaluation.report import PCA_NAME
+from ssl_census.reproduce.results import (
+    CLASSIFIER,
+    KNN,
+    MEAN_BASELINE,
+    NO_PRETRAINING,
+    RANDOM_INIT,
+    SUPERVISED,
+    UNSUPERVISED,
+    Row,
+    fine_tuned,
+    mean_sd,
+    row_name,
+    ssl,
+    zero_shot,
+)
 
 HOLDS, CONTRADICTED, UNCLEAR, ONE_SEED, MISSING = (
     "holds", "does not hold (reversed)", "not resolved (within seed noise)",
@@ -135,20 +150,29 @@ def _all(f: Finding, verdict_: str) -> bool:
 
 
 MASKING = ("random_mask", "gp_mask", "gp_to_gp", "gp_to_tf")
+# how the method comparisons look at a model: zero-shot by kNN, fine-tuned by its head
+MODEL_KINDS = ((zero_shot, "zero-shot", KNN), (fine_tuned, "fine-tuned", CLASSIFIER))
 CONTRASTIVE = ("byol", "barlow")
 
 
 def _get(rows: dict[str, Row], name: str) -> Row:
-    """The named row, or an empty one (its comparisons then read "not measured")."""
-    return rows.get(name) or Row(name)
+    """The named row. A table with no rows yet (its part of the experiment has not run) gives
+    an empty one, whose comparisons read "not measured"; a table that has rows but not this
+    one is an error (a row the results never write), not a gap in the measurements."""
+    if not rows:
+        return Row(name)
+    if name not in rows:
+        raise ValueError(f"no row {name!r} in a table of {', '.join(sorted(rows))}")
+    return rows[name]
 
 
 def _rows(table, names: list[str]) -> list[Row]:
-    return [table.rows[n] for n in names if n in table.rows]
+    return [_get(table.rows, n) for n in names]
 
 
 def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integration: dict,
-                   integration_methods: tuple[str, ...]) -> list[Finding]:
+                   integration_methods: tuple[str, ...],
+                   cross_methods: tuple[str, ...]) -> list[Finding]:
     """The paper's main findings, each as comparisons on this run's tables."""
     t, u = transfer.rows, unseen.rows
     out = [
@@ -159,12 +183,12 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
         Finding("Zero-shot SSL embeddings carry cell-type information beyond a random "
                 "encoder (kNN)",
                 "zero-shot SSL kNN macro F1 0.6725 on the scTab test set",
-                [compare(_get(t, f"zero-shot {m}, kNN"), _get(t, "random-init encoder, kNN"),
+                [compare(_get(t, row_name(zero_shot(m), KNN)), _get(t, row_name(RANDOM_INIT, KNN)),
                          "macro F1") for m in methods]),
         Finding("Zero-shot SSL embeddings beat the PCA baseline (kNN)",
                 "SSL embeddings proposed beside PCA; Fig. 2a compares both",
-                [compare(_get(t, f"zero-shot {m}, kNN"), _get(t, "PCA-64, kNN"), "macro F1")
-                 for m in methods]),
+                [compare(_get(t, row_name(zero_shot(m), KNN)), _get(t, row_name(PCA_NAME, KNN)),
+                         "macro F1") for m in methods]),
     ]
     masking = [m for m in methods if m in MASKING]
     contrastive = [m for m in methods if m in CONTRASTIVE]
@@ -172,20 +196,21 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
         out.append(Finding(
             "Masked autoencoders outperform contrastive methods (BYOL, Barlow twins)",
             "masking beat contrastive learning in the paper's comparisons",
-            [compare(averaged(_rows(transfer, [f"{kind} {m}, {how}" for m in masking]),
+            [compare(averaged(_rows(transfer, [row_name(model(m), how) for m in masking]),
                               f"masking ({kind}, {how})"),
-                     averaged(_rows(transfer, [f"{kind} {m}, {how}" for m in contrastive]),
+                     averaged(_rows(transfer, [row_name(model(m), how) for m in contrastive]),
                               f"contrastive ({kind}, {how})"), "macro F1")
-             for kind, how in (("zero-shot", "kNN"), ("fine-tuned", "classifier"))]))
+             for model, kind, how in MODEL_KINDS]))
     gp = [m for m in methods if m in MASKING and m != "random_mask"]
     if "random_mask" in methods and gp:
         out.append(Finding(
             "Random masking is at least as good as gene-programme masking",
             "random masking was the strongest or on par among the masking strategies",
-            [compare(_get(t, f"{kind} random_mask, {how}"),
-                     averaged(_rows(transfer, [f"{kind} {m}, {how}" for m in gp]),
-                              f"gene-programme masking ({kind}, {how})"), "macro F1")
-             for kind, how in (("zero-shot", "kNN"), ("fine-tuned", "classifier"))]))
+            [compare(_get(t, row_name(model("random_mask"), how)),
+                     averaged(_rows(transfer, [row_name(model(m), how) for m in gp]),
+                              f"gene-programme masking ({kind}, {how})"),
+                     "macro F1")
+             for model, kind, how in MODEL_KINDS]))
     out.append(Finding(
         "SSL pre-training helps on unseen data under distribution shift (IFN-beta "
         "stimulated cells)",
@@ -195,19 +220,19 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
     out.append(Finding(
         "SSL pre-training improves RNA-to-protein prediction",
         "Pearson 0.8809 (no pre-training) to 0.8943 (SSL)",
-        [compare(r, _get(c, "no pre-training (random init)"), "Pearson")
-         for n, r in c.items() if n.startswith("SSL ")]))
+        [compare(_get(c, ssl(m)), _get(c, NO_PRETRAINING), "Pearson")
+         for m in cross_methods]))
     out.append(Finding(
         "Every RNA-to-protein model beats predicting the mean",
         "implicit in the paper's cross-modality comparison",
-        [compare(r, _get(c, "predict the mean"), "Pearson")
-         for n, r in c.items() if n != "predict the mean"]))
+        [compare(r, _get(c, MEAN_BASELINE), "Pearson")
+         for n, r in c.items() if n != MEAN_BASELINE]))
     for name, table in integration.items():
         r = table.rows
         comps = []
         for m in integration_methods:
-            comps += [compare(_get(r, f"SSL {m}"), _get(r, "unsupervised"), "Total"),
-                      compare(_get(r, f"SSL-shallow {m}"), _get(r, "unsupervised"), "Total")]
+            comps += [compare(_get(r, ssl(m, shallow)), _get(r, UNSUPERVISED), "Total")
+                      for shallow in (False, True)]
         out.append(Finding(f"SSL pre-training improves data integration ({name}, scIB total)",
                            "scIB total 0.5354 (unsupervised) to 0.5571 (SSL) and 0.5638 "
                            "(SSL-shallow)", comps))
@@ -215,7 +240,7 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
         out.append(Finding(
             "A model fine-tuned with batch covariates integrates better than PCA (scIB total)",
             "PCA is the integration baseline, scVI comparable to SSL-shallow",
-            [compare(_get(table.rows, "unsupervised"), _get(table.rows, "PCA-64"), "Total",
+            [compare(_get(table.rows, UNSUPERVISED), _get(table.rows, PCA_NAME), "Total",
                      f"Total on {name}") for name, table in integration.items()]))
     return out
 
@@ -223,6 +248,6 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
 def _fine_tuned_vs_supervised(rows: dict[str, Row], methods: tuple[str, ...]) -> list[Comparison]:
     """Each fine-tuned SSL model against the supervised one: by its classifier head and by kNN
     on its embedding (the paper's protocol)."""
-    return [compare(_get(rows, f"fine-tuned {m}, {how}"), _get(rows, f"supervised, {how}"),
-                    "macro F1") for how in ("classifier", "kNN") for m in methods]
+    return [compare(_get(rows, row_name(fine_tuned(m), how)), _get(rows, row_name(SUPERVISED, how)),
+                    "macro F1") for how in (CLASSIFIER, KNN) for m in methods]
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
 
+import torch
+
 from ssl_census.core.errors import UserError
 from ssl_census.reproduce import data
 from ssl_census.reproduce.config import load_reproduce_config
+from ssl_census.reproduce.page import write_page
 from ssl_census.reproduce.runs import PHASES, Experiment, Inputs
+
+log = logging.getLogger(__name__)
 
 
 def resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> Path:
@@ -24,10 +30,6 @@ def reproduce(config: str | os.PathLike[str], work: str | os.PathLike[str],
               page: str | os.PathLike[str], data_dir: str | os.PathLike[str] | None = None,
               census_uri: str | None = None) -> Path:
     """Build the data, run (or skip) every run of the config, and write the results page."""
-    import torch
-
-    from ssl_census.reproduce.page import write_page
-
     t0 = time.perf_counter()
     conf = load_reproduce_config(config)
     if conf.threads:
@@ -49,10 +51,9 @@ def reproduce(config: str | os.PathLike[str], work: str | os.PathLike[str],
     # early leaves a true page whose tables have every seed finished so far
     for phase in PHASES:
         for seed in conf.seeds:
-            print(f"== {phase}, seed {seed}: {(time.perf_counter() - t0) / 60:.1f} min so far",
-                  flush=True)
+            log.info(f"== {phase}, seed {seed}: {(time.perf_counter() - t0) / 60:.1f} min so far")
             experiment.run_phase(phase, seed)
             out = write_page(conf, work, Path(page), inputs, census, genes,
                              seconds=time.perf_counter() - t0)
-    print(f"wrote {out} ({(time.perf_counter() - t0) / 60:.1f} min)")
+    log.info(f"finished in {(time.perf_counter() - t0) / 60:.1f} min")
     return out

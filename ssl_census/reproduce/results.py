@@ -2,6 +2,8 @@
 
 A :class:`Table` has one row per model; a row holds, per metric, one value per seed and the
 report file each value came from, so the page can show mean +- sd and link every source.
+Reports are read by what each embedding is (``evaluation.report.Role``), never by how it is
+displayed, and a report that lacks an expected embedding is an error, not an empty cell.
 """
 
 from __future__ import annotations
@@ -12,9 +14,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ssl_census.core.errors import UserError
+from ssl_census.evaluation.report import PCA_NAME, Role
 from ssl_census.reproduce.config import ReproduceConfig
+from ssl_census.tasks.cross_modality import SCORES
 
-RUN_ENCODER_PREFIXES = ("zero-shot ", "random-init", "PCA-")
+DONE = "reproduce-step.json"  # written last into a finished training run (reproduce.runs)
+
+# Row names of the classification tables (the findings look rows up by the same names).
+SUPERVISED = "supervised"
+RANDOM_INIT = "random-init encoder"
+KNN, CLASSIFIER = "kNN", "classifier"
+
+
+def zero_shot(method: str) -> str:
+    return f"zero-shot {method}"
+
+
+def fine_tuned(method: str) -> str:
+    return f"fine-tuned {method}"
+
+
+def row_name(model: str, how: str) -> str:
+    """A classification row: a model (supervised, zero-shot m, ...) and how it classifies."""
+    return f"{model}, {how}"
+
+
+# Rows of the cross-modality and integration tables.
+MEAN_BASELINE = "predict the mean"
+NO_PRETRAINING = "no pre-training (random init)"
+UNSUPERVISED = "unsupervised"
+
+
+def ssl(method: str, shallow: bool = False) -> str:
+    """The row of a model fine-tuned from ``method``'s pre-training (only its last encoder
+    layer with ``shallow``)."""
+    return f"SSL-shallow {method}" if shallow else f"SSL {method}"
 
 
 @dataclass
@@ -58,12 +93,14 @@ def _read(path: Path) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _run_encoder_key(knn: dict[str, Any]) -> str:
-    """The kNN entry of the run's own encoder (the others are its baselines)."""
-    own = [k for k in knn if not k.startswith(RUN_ENCODER_PREFIXES)]
-    if len(own) != 1:
-        raise ValueError(f"cannot tell the run's own encoder among {sorted(knn)}")
-    return own[0]
+def knn_scores(report: dict[str, Any], role: Role, source: Path) -> dict[str, Any]:
+    """The kNN scores of the embedding with ``role`` in an evaluation report."""
+    scores = report.get("knn", {}).get(role)
+    if scores is None:
+        raise UserError(f"the evaluation report {source} has no kNN scores of the {role} "
+                        f"embedding (it has {', '.join(report.get('knn', {})) or 'none'})",
+                        "delete the report and run make reproduce again")
+    return scores
 
 
 def _f1(scores: dict[str, Any]) -> dict[str, float]:
@@ -90,22 +127,22 @@ def classification_table(conf: ReproduceConfig, work: Path, seeds: list[int], re
         sup = _read(sup_path)
         if sup is None:
             continue
-        table.add("random-init encoder, kNN", seed, sup_path, _f1(sup["knn"]["random-init"]))
-        table.add("PCA-64, kNN", seed, sup_path, _f1(sup["knn"]["PCA-64"]))
-        table.add("supervised, kNN", seed, sup_path, _f1(sup["knn"][_run_encoder_key(sup["knn"])]))
+        rows = {RANDOM_INIT: Role.RANDOM_INIT, PCA_NAME: Role.PCA, SUPERVISED: Role.RUN}
+        for model, role in rows.items():
+            table.add(row_name(model, KNN), seed, sup_path, _f1(knn_scores(sup, role, sup_path)))
         if classifier_scores(sup):
-            table.add("supervised, classifier", seed, sup_path, _f1(classifier_scores(sup)))
+            table.add(row_name(SUPERVISED, CLASSIFIER), seed, sup_path,
+                      _f1(classifier_scores(sup)))
         for method in conf.methods:
             path = runs / method / "evaluation" / f"{report}.json"
             rep = _read(path)
             if rep is None:
                 continue
-            table.add(f"zero-shot {method}, kNN", seed, path,
-                      _f1(rep["knn"][f"zero-shot {method}"]))
-            table.add(f"fine-tuned {method}, kNN", seed, path,
-                      _f1(rep["knn"][_run_encoder_key(rep["knn"])]))
+            for model, role in ((zero_shot(method), Role.ZERO_SHOT),
+                                (fine_tuned(method), Role.RUN)):
+                table.add(row_name(model, KNN), seed, path, _f1(knn_scores(rep, role, path)))
             if classifier_scores(rep):
-                table.add(f"fine-tuned {method}, classifier", seed, path,
+                table.add(row_name(fine_tuned(method), CLASSIFIER), seed, path,
                           _f1(classifier_scores(rep)))
     return table
 
@@ -120,8 +157,6 @@ def classifier_scores(report: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def cross_modality_table(conf: ReproduceConfig, work: Path, seeds: list[int]) -> Table:
-    from ssl_census.tasks.cross_modality import SCORES
-
     table = Table("RNA to protein, test cells", ("Pearson", "Pearson per cell"))
     for seed in seeds:
         runs = _seed_dir(conf, work, seed) / "cross_modality"
@@ -129,13 +164,13 @@ def cross_modality_table(conf: ReproduceConfig, work: Path, seeds: list[int]) ->
         base = _read(base_path)
         if base is None:
             continue
-        table.add("predict the mean", seed, base_path, _pearsons(base["mean_baseline"]))
-        table.add("no pre-training (random init)", seed, base_path, _pearsons(base["model"]))
+        table.add(MEAN_BASELINE, seed, base_path, _pearsons(base["mean_baseline"]))
+        table.add(NO_PRETRAINING, seed, base_path, _pearsons(base["model"]))
         for method in conf.cross_modality_methods:
             path = runs / method / SCORES
             rep = _read(path)
             if rep is not None:
-                table.add(f"SSL {method}", seed, path, _pearsons(rep["model"]))
+                table.add(ssl(method), seed, path, _pearsons(rep["model"]))
     return table
 
 
@@ -153,11 +188,13 @@ def integration_tables(conf: ReproduceConfig, work: Path, seeds: list[int]) -> d
         for seed in seeds:
             path = _seed_dir(conf, work, seed) / "integration" / f"scores-{view.name}.json"
             rep = _read(path)
-            if rep is None or "scores" not in rep:
+            if rep is None or "scores" not in rep:  # not run yet, or scib-metrics missing
                 continue
-            for name in ["PCA-64", *rep["runs"]]:
-                if name in rep["scores"]:
-                    table.add(name, seed, path, rep["scores"][name])
+            for name in [PCA_NAME, *rep["runs"]]:
+                if name not in rep["scores"]:
+                    raise UserError(f"the integration scores {path} have no row {name!r}",
+                                    "delete them and run make reproduce again")
+                table.add(name, seed, path, rep["scores"][name])
         tables[view.name] = table
     return tables
 
@@ -179,8 +216,6 @@ class Training:
 def training_lengths(conf: ReproduceConfig, work: Path) -> dict[str, Training]:
     """Per stage (pretrain, celltype, ...), the steps its finished runs trained, read from the
     runs' own records."""
-    from ssl_census.reproduce.runs import DONE
-
     out: dict[str, Training] = {}
     for seed in conf.seeds:
         for marker in sorted(_seed_dir(conf, work, seed).glob(f"*/*/{DONE}")):
@@ -195,8 +230,6 @@ def training_lengths(conf: ReproduceConfig, work: Path) -> dict[str, Training]:
 
 def step_seconds(conf: ReproduceConfig, work: Path) -> float:
     """Compute time recorded by every finished run and evaluation under ``work``."""
-    from ssl_census.reproduce.runs import DONE
-
     total = 0.0
     for path in runs_root(conf, work).rglob("*.json"):
         if path.name == DONE or path.parent.name == "evaluation" or path.name.startswith("scores-"):

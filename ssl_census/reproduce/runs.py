@@ -28,6 +28,7 @@ Layout under the work directory (``<R>`` = ``runs/<config name>``)::
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -37,11 +38,24 @@ from typing import Any
 
 from ssl_census.core import atomic
 from ssl_census.core.config import load_toml, merge
+from ssl_census.data.h5ad import load_unseen
+from ssl_census.evaluation.embed import apply_to_matrix
+from ssl_census.evaluation.integration import integration_scores
+from ssl_census.evaluation.pca import pca_of_cells
+from ssl_census.evaluation.render import write_reports
+from ssl_census.evaluation.report import PCA_NAME, EvalOptions, evaluate_h5ad, evaluate_shards
 from ssl_census.reproduce.config import ReproduceConfig
 from ssl_census.reproduce.data import digest, identity
-from ssl_census.reproduce.results import runs_root
+from ssl_census.reproduce.results import DONE, UNSUPERVISED, runs_root, ssl
+from ssl_census.tasks.config import FinetuneConfig
+from ssl_census.tasks.finetune import run_finetune
+from ssl_census.tasks.runs import run_gene_space
+from ssl_census.training.config import PretrainConfig
+from ssl_census.training.pretrain import run_pretraining
+from ssl_census.training.rundir import load_encoder
 
-DONE = "reproduce-step.json"
+log = logging.getLogger(__name__)
+
 KEY = "reproduce_key"  # where an evaluation report records its key
 
 
@@ -65,7 +79,7 @@ class Step:
     what: str
     path: Path
     inputs: dict[str, Any]
-    compute: Callable[[], dict[str, Any]]
+    compute: Callable[[], Any]  # a summary or scores (dict), or an Evaluation
 
     @property
     def key(self) -> str:
@@ -92,11 +106,11 @@ class Step:
 def once(step: Step) -> None:
     """Compute ``step`` unless it is finished with its current key."""
     if step.done():
-        print(f"[skip] {step.what}: done in {step.path}")
+        log.info(f"[skip] {step.what}: done in {step.path}")
         return
     if step.path.exists():
         step.remove()  # an interrupted run, or one of another configuration
-    print(f"[{'run' if step.kind == 'train' else 'eval'}] {step.what} -> {step.path}", flush=True)
+    log.info(f"[{'run' if step.kind == 'train' else 'eval'}] {step.what} -> {step.path}")
     t0 = time.perf_counter()
     result = step.compute()
     seconds = round(time.perf_counter() - t0, 2)
@@ -104,23 +118,26 @@ def once(step: Step) -> None:
         atomic.write_json(step.path / DONE, {"what": step.what, "key": step.key,
                                              "inputs": step.inputs, "seconds": seconds,
                                              "summary": result})
-        print(f"[done] {step.what}: {seconds:.0f} s", flush=True)
+        log.info(f"[done] {step.what}: {seconds:.0f} s")
         return
-    result.update({"seconds": seconds, KEY: step.key, "reproduce_inputs": step.inputs})
+    record = {"seconds": seconds, KEY: step.key, "reproduce_inputs": step.inputs}
     if step.kind == "evaluation":
-        from ssl_census.evaluation.report import write_reports
-
+        result.report.update(record)
         write_reports(result, step.path, plots_on=False)
     else:
+        result.update(record)
         step.path.parent.mkdir(parents=True, exist_ok=True)
         atomic.write_json(step.path, result)
 
 
 def _stage_config(preset: str, kind: str, *overrides: dict[str, Any]) -> dict[str, Any]:
+    """The stage's preset with the overrides laid over it, resolved: every setting the run
+    will use, defaults included (what the step's key digests)."""
     cfg = load_toml(preset, kind=kind)
     for o in overrides:
         cfg = merge(cfg, o)
-    return cfg
+    typed = PretrainConfig if kind == "pretrain" else FinetuneConfig
+    return typed.from_dict(cfg).to_dict()
 
 
 class Experiment:
@@ -141,16 +158,12 @@ class Experiment:
         return runs_root(self.conf, self.work) / f"seed{seed}" / Path(*parts)
 
     def _eval_options(self, seed: int, batch_key: str | None = None) -> Any:
-        from ssl_census.evaluation.report import EvalOptions
-
         return EvalOptions(batch_size=2048, device=self.conf.device, workers=1, plots=False,
                            batch_key=batch_key, seed=seed, embedding_2d="pca")
 
     # -- training runs -------------------------------------------------------------------
 
     def pretrain(self, seed: int, method: str) -> Step:
-        from ssl_census.training.pretrain import run_pretraining
-
         out = self._dir(seed, "pretrain", method)
         store = self.inputs.stores["auxiliary"]
         gene_sets = self.conf.gene_sets.get(method)
@@ -166,8 +179,6 @@ class Experiment:
     def finetune(self, seed: int, task: str, name: str, init: Step | None,
                  extra: dict[str, Any] | None = None, **data: Path) -> Step:
         """A fine-tuning run from the pre-training run ``init`` (None: a random encoder)."""
-        from ssl_census.tasks.finetune import run_finetune
-
         out = self._dir(seed, task, name)
         cfg = _stage_config(task, "finetune", self.conf.finetune[task], {
             "device": self.conf.device, "train": {"seed": seed}, **(extra or {})})
@@ -175,7 +186,7 @@ class Experiment:
                   **{k: self._id(v) for k, v in data.items()}}
         start = str(init.path) if init else "random"
         return Step("train", f"finetune {task} {name} seed {seed}", out, inputs,
-                    lambda: _jsonable(run_finetune(task, cfg, out, start, **data)))
+                    lambda: _jsonable(run_finetune(cfg, out, start, **data)))
 
     def pretrained(self, seed: int) -> dict[str, Step]:
         """Every method's pre-training run of ``seed``."""
@@ -188,8 +199,6 @@ class Experiment:
     def transfer(self, seed: int, pretrained: dict[str, Step]) -> list[Step]:
         """Cell types on kang: supervised and fine-tuned SSL, evaluated on held-out donors and
         on the stimulated cells."""
-        from ssl_census.evaluation.report import evaluate_h5ad, evaluate_shards
-
         kang = self.inputs.stores["kang"]
         h5ad, label_key = self.inputs.unseen
         runs = {"supervised": self.finetune(seed, "celltype", "supervised", None, shards=kang)}
@@ -228,12 +237,12 @@ class Experiment:
             return []
         store = self.inputs.stores["integration"]
         extra = {"batch_key": self.conf.integration_batch_key}
-        runs = {"unsupervised": self.finetune(seed, "integration", "unsupervised", None, extra,
-                                              shards=store)}
+        runs = {UNSUPERVISED: self.finetune(seed, "integration", "unsupervised", None, extra,
+                                            shards=store)}
         for method in self.conf.integration_methods:
-            runs[f"SSL {method}"] = self.finetune(seed, "integration", method,
-                                                  pretrained[method], extra, shards=store)
-            runs[f"SSL-shallow {method}"] = self.finetune(
+            runs[ssl(method)] = self.finetune(seed, "integration", method, pretrained[method],
+                                              extra, shards=store)
+            runs[ssl(method, shallow=True)] = self.finetune(
                 seed, "integration", f"{method}-shallow", pretrained[method],
                 {**extra, "shallow": True}, shards=store)
         scores = []
@@ -269,8 +278,8 @@ class Experiment:
                 for step in self.steps(phase, seed):
                     recorded = step.recorded_key()
                     if recorded is not None and recorded != step.key:
-                        print(f"[stale] {step.what}: made with other settings or inputs, "
-                              "removed")
+                        log.info(f"[stale] {step.what}: made with other settings or inputs, "
+                                 "removed")
                         step.remove()
                         stale += 1
         return stale
@@ -287,28 +296,16 @@ def integration_benchmark(runs: dict[str, Path], h5ad: Path, label_key: str, bat
                           seed: int, device: str, max_cells: int = 20_000) -> dict[str, Any]:
     """scIB scores (evaluation.integration) of each run's embedding of ``h5ad`` and of the PCA
     baseline, in one benchmark; ``runs`` maps a row name to its run directory."""
-    from ssl_census.evaluation.embed import apply_to_matrix
-    from ssl_census.evaluation.integration import integration_scores
-    from ssl_census.evaluation.pca import StreamingPCA
-    from ssl_census.evaluation.report import PCA_COMPONENTS
-    from ssl_census.evaluation.unseen import load_unseen
-    from ssl_census.tasks.finetune import run_gene_space
-    from ssl_census.training.rundir import load_encoder
-
     first = next(iter(runs.values()))
     cells = load_unseen(h5ad, run_gene_space(first), required_obs=(label_key, batch_key))
     embeddings = {}
     for name, run in runs.items():
         encoder, _ = load_encoder(run, map_location=device)
         embeddings[name] = apply_to_matrix(encoder.to(device).eval(), cells.x, 4096, device)
-    pca = StreamingPCA(min(PCA_COMPONENTS, cells.x.shape[0] - 1), seed=seed).fit(
-        lambda: (cells.x[i : i + 8192] for i in range(0, cells.x.shape[0], 8192)),
-        cells.x.shape[1])
-    baseline = f"PCA-{PCA_COMPONENTS}"
-    embeddings[baseline] = pca.transform(cells.x)
+    embeddings[PCA_NAME] = pca_of_cells(cells.x, seed)
     obs = cells.adata.obs
     result = integration_scores(embeddings, obs[label_key].astype(str).to_numpy(),
-                                obs[batch_key].astype(str).to_numpy(), baseline=baseline,
+                                obs[batch_key].astype(str).to_numpy(), baseline=PCA_NAME,
                                 max_cells=max_cells, seed=seed)
     return {"h5ad": str(h5ad), "label_key": label_key, "batch_key": batch_key,
             "genes_matched": int(cells.match.n_matched),

@@ -6,7 +6,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ssl_census.core.config import load_toml
+from ssl_census.core.config import check_keys, load_toml, section
 from ssl_census.core.errors import UserError
 
 TENX_ASSAYS = (
@@ -74,30 +74,17 @@ class ShardsConfig:
         return asdict(self)
 
 
-def _section(cls: type, raw: dict[str, Any], name: str) -> Any:
-    known = set(cls.__dataclass_fields__)
-    unknown = set(raw) - known
-    if unknown:
-        keys = ", ".join(sorted(unknown))
-        raise UserError(f"unknown keys in [{name}] of the shards config: {keys}",
-                        f"use only {', '.join(sorted(known))}")
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
-    return cls(**values)
-
-
 def load_shards_config(path: str | Path) -> ShardsConfig:
     """Read a shards config: a TOML path or a preset name under configs/shards/."""
     raw = load_toml(path, kind="shards")
     sections = {"query": QueryConfig, "curation": CurationConfig, "genes": GenesConfig,
                 "split": SplitConfig}
-    unknown = set(raw) - set(sections) - {"name", "shuffle_seed"}
-    if unknown:
-        raise UserError(f"unknown sections in the shards config: {', '.join(sorted(unknown))}",
-                        f"use {', '.join(sections)}, name, shuffle_seed")
+    check_keys(raw, (*sections, "name", "shuffle_seed"), "the shards config")
     cfg = ShardsConfig(
         name=str(raw.get("name", Path(path).stem)),
         shuffle_seed=int(raw.get("shuffle_seed", 0)),
-        **{k: _section(cls, raw.get(k, {}), k) for k, cls in sections.items()},
+        **{k: section(cls, raw.get(k, {}), f"[{k}] of the shards config")
+           for k, cls in sections.items()},
     )
     fr = cfg.split.fractions
     if len(fr) != 3 or abs(sum(fr) - 1.0) > 1e-9 or min(fr) < 0:

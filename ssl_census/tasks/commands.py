@@ -9,11 +9,12 @@ from typing import Any
 import click
 
 from ssl_census.core.config import load_toml, merge
-from ssl_census.tasks.finetune import TASKS
-from ssl_census.training.commands import training_overrides
+from ssl_census.tasks.config import TASKS, FinetuneConfig
+from ssl_census.tasks.finetune import run_finetune
+from ssl_census.training.commands import training_options, training_overrides
 
 
-def finetune_config(task: str, config: str | None, **options: Any) -> dict[str, Any]:
+def finetune_config(task: str, config: str | None, **options: Any) -> FinetuneConfig:
     """The task's preset, then ``--config`` (a file or preset name), then the options."""
     base = load_toml(task, kind="finetune")
     if config:
@@ -22,7 +23,7 @@ def finetune_config(task: str, config: str | None, **options: Any) -> dict[str, 
         "task": task, "batch_key": options["batch_key"], "target_obsm": options["target_obsm"],
         "shallow": True if options["shallow"] else None, **training_overrides(options),
     }
-    return merge(base, overrides)
+    return FinetuneConfig.from_dict(merge(base, overrides))
 
 
 @click.command()
@@ -38,31 +39,15 @@ def finetune_config(task: str, config: str | None, **options: Any) -> dict[str, 
 @click.option("--batch-key", help="obs column used as batch covariate (integration)")
 @click.option("--shallow", is_flag=True, help="fine-tune only the encoder's last layer")
 @click.option("--config", help="TOML file or preset name (default: the task's preset)")
-@click.option("--hidden", help="encoder sizes for --init random, e.g. 512,512,256,256,64")
-@click.option("--dropout", type=float, help="encoder dropout for --init random")
-@click.option("--max-steps", type=int)
-@click.option("--max-epochs", type=int)
-@click.option("--batch-size", type=int)
-@click.option("--lr", type=float)
-@click.option("--weight-decay", type=float)
-@click.option("--val-every", type=int)
-@click.option("--val-batches", type=int)
-@click.option("--patience", type=int)
-@click.option("--log-every", type=int)
-@click.option("--seed", type=int)
-@click.option("--workers", type=int, help="loader worker threads")
-@click.option("--device", help="auto, cpu, cuda or cuda:N")
-@click.option("--resume", is_flag=True, help="continue the run in --out from its last checkpoint")
+@training_options
 def finetune(task: str, init: str, out: Path, shards: Path | None, h5ad: Path | None,
              config: str | None, resume: bool, **options: Any) -> None:
     """Fine-tune an encoder (pre-trained or random) with a task head.
 
     Under `torchrun --nproc_per_node N` it trains with DDP (NCCL on GPUs, gloo on CPUs).
     """
-    from ssl_census.tasks.finetune import run_finetune
-
     cfg = finetune_config(task, config, **options)
-    summary = run_finetune(task, cfg, out, init, shards=shards, h5ad=h5ad, resume=resume)
+    summary = run_finetune(cfg, out, init, shards=shards, h5ad=h5ad, resume=resume)
     if summary["rank"] != 0:
         return
     click.echo(f"{task}: {summary['step']} steps, best val loss {summary['best_val_loss']:.4f}"

@@ -10,6 +10,7 @@ run, so the test figures can be recomputed. Scores sit beside a predict-the-mean
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,16 @@ import torch
 
 from ssl_census.core import atomic
 from ssl_census.core.errors import UserError
-from ssl_census.evaluation.metrics import correlation_scores
-from ssl_census.evaluation.unseen import UnseenCells, load_unseen
+from ssl_census.core.metrics import correlation_scores
+from ssl_census.data.arrays import ArrayLoader
+from ssl_census.data.h5ad import UnseenCells, load_unseen
 from ssl_census.shards.values import normalise
-from ssl_census.tasks.arrays import ArrayLoader
-from ssl_census.tasks.finetune import TaskData, load_task, run_gene_space
+from ssl_census.tasks.config import FinetuneConfig
+from ssl_census.tasks.inputs import TaskData
+from ssl_census.tasks.runs import load_task, run_gene_space
 from ssl_census.training.distributed import DistEnv
+
+log = logging.getLogger(__name__)
 
 SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 SCORES = "cross_modality_scores.json"
@@ -63,13 +68,13 @@ def _targets(cells: UnseenCells, key: str, h5ad: Path) -> tuple[np.ndarray, list
     return target_log1p(values), names
 
 
-def cross_modality_data(h5ad: Path, var: pd.DataFrame, config: dict[str, Any], seed: int,
-                        env: DistEnv, device: torch.device) -> TaskData:
-    key = config.get("target_obsm", "protein_counts")
+def cross_modality_data(h5ad: Path, var: pd.DataFrame, config: FinetuneConfig, env: DistEnv,
+                        device: torch.device) -> TaskData:
+    key, seed = config.target_obsm, config.train.seed
     cells = load_unseen(h5ad, var)
     target, names = _targets(cells, key, h5ad)
     splits = split_cells(cells.x.shape[0], seed)
-    batch = config.get("data", {}).get("batch_size", 256)
+    batch = config.data.batch_size
     ranks = {"rank": env.rank, "world_size": env.world_size}
     train = ArrayLoader(cells.x[splits["train"]], target[splits["train"]], batch, True, seed,
                         device, **ranks)
@@ -77,8 +82,8 @@ def cross_modality_data(h5ad: Path, var: pd.DataFrame, config: dict[str, Any], s
                       **ranks)
     spec = {"h5ad": str(Path(h5ad).resolve()), "target_obsm": key, "target_names": names,
             "genes_matched": cells.match.n_matched}
-    print(f"{h5ad}: {cells.match.n_matched} of {len(var)} model genes matched "
-          f"(by {cells.match.column}); {len(names)} targets from obsm[{key!r}]")
+    log.info(f"{h5ad}: {cells.match.n_matched} of {len(var)} model genes matched "
+             f"(by {cells.match.column}); {len(names)} targets from obsm[{key!r}]")
     return TaskData(train, val, spec, None, splits)
 
 

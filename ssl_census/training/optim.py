@@ -5,6 +5,7 @@ Weight decay applies to matrices only, not to biases and normalisation parameter
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -66,8 +67,6 @@ def make_optimizer(
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.0):
     """LR multiplier: linear warm-up over ``warmup_steps``, then cosine down to ``min_ratio``."""
-    import math
-
     def factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps

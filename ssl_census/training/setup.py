@@ -19,16 +19,10 @@ from torch import nn
 
 from ssl_census.data import BlockShuffleLoader
 from ssl_census.pretext.base import Objective
-from ssl_census.training.distributed import (
-    DistEnv,
-    barrier,
-    init_distributed,
-    shutdown,
-)
+from ssl_census.training.config import DataConfig
+from ssl_census.training.distributed import DistEnv, barrier, init_distributed, shutdown
 from ssl_census.training.rundir import RunDir
 from ssl_census.training.trainer import Loader, TrainConfig, Trainer
-
-LOADER_KEYS = ("workers", "reader", "memory_budget_bytes", "block_size")
 
 
 @contextmanager
@@ -42,20 +36,19 @@ def distributed_run(device_name: str = "auto") -> Iterator[tuple[DistEnv, torch.
 
 
 def shard_loaders(
-    shards: str | Path, data: Mapping[str, Any], seed: int, env: DistEnv, device: torch.device,
+    shards: str | Path, data: DataConfig, seed: int, env: DistEnv, device: torch.device,
     layers: tuple[str, ...] = ("x",), obs_columns: tuple[str, ...] = (),
     drop_last: bool = False,
 ) -> tuple[BlockShuffleLoader, BlockShuffleLoader]:
     """The train loader (shuffled) and the val loader (stored order) of this rank."""
     common: dict[str, Any] = dict(layers=layers, obs_columns=obs_columns, dense=True,
                                   device=str(device), seed=seed, rank=env.rank,
-                                  world_size=env.world_size)
-    common.update({k: data[k] for k in LOADER_KEYS if data.get(k) is not None})
-    batch = data["batch_size"]
-    train = BlockShuffleLoader(shards, split="train", batch_size=batch, shuffle=True,
+                                  world_size=env.world_size, **data.loader_settings())
+    train = BlockShuffleLoader(shards, split="train", batch_size=data.batch_size, shuffle=True,
                                drop_last=drop_last, **common)
-    val = BlockShuffleLoader(shards, split="val", batch_size=data.get("val_batch_size") or batch,
-                             shuffle=False, drop_last=False, **common)
+    val = BlockShuffleLoader(shards, split="val",
+                             batch_size=data.val_batch_size or data.batch_size, shuffle=False,
+                             drop_last=False, **common)
     return train, val
 
 

@@ -15,7 +15,7 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ssl_census.core.config import section
 from ssl_census.core.errors import UserError
 from ssl_census.core.progress import progress
 from ssl_census.pretext.base import Objective
@@ -45,8 +46,11 @@ class Loader(Protocol):
 
 @dataclass
 class TrainConfig:
+    """The ``[train]`` table: the schedule, with the paper's pre-training settings as defaults
+    (AdamW, lr 1e-3, weight decay 0.01, 10 epochs, early stopping on the validation loss)."""
+
     max_steps: int | None = None
-    max_epochs: int | None = 1
+    max_epochs: int | None = 10
     lr: float = 1e-3
     weight_decay: float = 0.01
     optimizer: str = "adamw"
@@ -63,12 +67,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserError(f"unknown [train] keys: {', '.join(unknown)}",
-                            f"use some of {', '.join(sorted(known))}")
-        return cls(**dict(d))
+        return section(cls, d, "[train]")
 
 
 def seed_everything(seed: int) -> None:

@@ -9,8 +9,7 @@ from scipy import stats
 from sklearn.decomposition import PCA
 from sklearn.metrics import explained_variance_score, f1_score, mean_squared_error
 
-from ssl_census.core.ontology import is_descendant
-from ssl_census.evaluation.metrics import (
+from ssl_census.core.metrics import (
     RegressionAccumulator,
     classification_scores,
     correlation_scores,
@@ -18,6 +17,7 @@ from ssl_census.evaluation.metrics import (
     hierarchy_corrected,
     per_class_f1,
 )
+from ssl_census.core.ontology import is_descendant
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 
 from ssl_census.core.errors import UserError
-from ssl_census.evaluation.unseen import clean_identifier, load_unseen, match_genes
+from ssl_census.data.h5ad import clean_identifier, load_unseen, match_genes
 
 
 @pytest.fixture(scope="module")

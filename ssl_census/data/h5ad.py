@@ -1,7 +1,7 @@
 """Cells from a dataset the model never saw (an h5ad), brought into the model's gene space.
 
 The matrix read is X, a named layer or ``.raw`` (see :func:`resolve`); it may hold raw
-counts, log1p-normalised values or per-cell scaled counts (:mod:`ssl_census.evaluation.inputs`).
+counts, log1p-normalised values or per-cell scaled counts (:mod:`ssl_census.data.h5ad_inputs`).
 Genes are matched by Ensembl ID (version suffix ignored) or by symbol (a reference prefix such
 as ``hg19_`` stripped), in whichever identifier column matches most genes; genes the model has
 but the file lacks stay zero. Values are then normalised exactly as the shards are
@@ -24,7 +24,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from ssl_census.core.errors import UserError
-from ssl_census.evaluation.inputs import (
+from ssl_census.data.h5ad_inputs import (
     CHECK_ROWS,
     CHUNK_CELLS,
     COUNTS,
