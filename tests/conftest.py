@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import anndata as ad
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,3 +86,38 @@ def synth_shards_dir(tmp_path_factory: pytest.TempPathFactory, synth_census_uri:
     build_shards(out, load_shards_config("synthetic"), census_uri=synth_census_uri,
                  gene_list=str(gene_list), workers=1)
     return out
+
+
+@pytest.fixture(scope="session")
+def synth_cells(tmp_path_factory: pytest.TempPathFactory, annotation_dir: Path | None
+                ) -> ad.AnnData:
+    """The primary cells of a 16,000-cell synthetic census (pbmc profile, seed 1) over its
+    2,000 most often measured genes, as an AnnData of raw counts (synth_support.census_cells):
+    the cells of the loader, pre-training, fine-tuning and embedding tests. Built once."""
+    from synth_support import census_cells
+
+    from ssl_census.census.synth import write_synthetic_census
+
+    census = tmp_path_factory.mktemp("census") / "synth-16000"
+    write_synthetic_census(census, 16_000, seed=1, data_dir=annotation_dir)
+    return census_cells(census)
+
+
+@pytest.fixture(scope="session")
+def synth_gene_sets(tmp_path_factory: pytest.TempPathFactory, synth_cells: ad.AnnData
+                    ) -> dict[str, Path]:
+    """GMT files over synth_cells' genes: ``programmes`` (cell-type programmes, for GP masking
+    and GP to GP) and ``tf_targets`` (for GP to TF); synth_support.write_gene_sets."""
+    from synth_support import write_gene_sets
+
+    return write_gene_sets(synth_cells, tmp_path_factory.mktemp("genesets"))
+
+
+@pytest.fixture(scope="session")
+def synth_loader_store(tmp_path_factory: pytest.TempPathFactory, synth_cells: ad.AnnData
+                       ) -> Path:
+    """synth_cells as the loader tests' store (loader_support.build_synth_store): train and
+    2,000 val cells, ordered by donor, the rarer cell types thinned."""
+    from loader_support import build_synth_store
+
+    return build_synth_store(synth_cells, tmp_path_factory.mktemp("shards") / "loader")

@@ -1,6 +1,6 @@
 """Users' own h5ad files, embedded and annotated by a trained run: the Python API
-(ssl_census.load_model) and ``ssl-census embed``, on real PBMCs stored the ways published
-files store them (Kang et al., 12,261 cells)."""
+(ssl_census.load_model) and ``ssl-census embed``, on synthetic census cells stored the ways
+published files store them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
-from loader_support import build_kang_store
 
 import ssl_census
 from ssl_census.cli import main
@@ -23,14 +22,14 @@ from ssl_census.data import h5ad_inputs as inputs
 from ssl_census.evaluation.model import OBSM_KEY, PROBABILITY_COLUMN, Model
 from ssl_census.models.mlp import mlp_head
 
-KANG = "h5ad/kang_ctrl_muscat_se.h5ad"
 TYPE = "ssl_census_cell_type"
 
 
 @pytest.fixture(scope="module")
-def run_dir(shared_data, tmp_path_factory):
-    """A cell-type run (classifier head) on the Kang store, trained for a few steps."""
-    store = build_kang_store(shared_data, tmp_path_factory.getbasetemp() / "kang-shards")
+def run_dir(synth_loader_store, tmp_path_factory):
+    """A cell-type run (classifier head) on the loader tests' synthetic store, trained for a
+    few steps."""
+    store = synth_loader_store
     out = tmp_path_factory.mktemp("model") / "celltype"
     r = CliRunner().invoke(main, [
         "finetune", "--task", "celltype", "--shards", str(store), "--init", "random",
@@ -46,9 +45,10 @@ def model(run_dir):
 
 
 @pytest.fixture(scope="module")
-def kang(shared_data):
-    """4,000 of the cells (the files written from them stay small)."""
-    return ad.read_h5ad(shared_data / KANG)[:4000].copy()
+def cells(synth_cells):
+    """4,000 of the cells the run's store was written from, as raw counts with their cell
+    types (the files written from them stay small)."""
+    return synth_cells[:4000].copy()
 
 
 def _log_normalised(counts: sp.csr_matrix, target_sum: float) -> sp.csr_matrix:
@@ -65,17 +65,17 @@ def _scaled(x: sp.csr_matrix) -> np.ndarray:
     return ((d - d.mean(0)) / np.maximum(d.std(0), 1e-12)).astype(np.float32)
 
 
-def _copies(kang: ad.AnnData) -> dict[str, ad.AnnData]:
-    counts = kang.copy()
-    cellxgene = kang.copy()
-    cellxgene.raw = kang.copy()
-    cellxgene.X = _log_normalised(kang.X, 1e4)
-    scanpy = kang.copy()
-    scanpy.X = _log_normalised(kang.X, 1e4)
+def _copies(cells: ad.AnnData) -> dict[str, ad.AnnData]:
+    counts = cells.copy()
+    cellxgene = cells.copy()
+    cellxgene.raw = cells.copy()
+    cellxgene.X = _log_normalised(cells.X, 1e4)
+    scanpy = cells.copy()
+    scanpy.X = _log_normalised(cells.X, 1e4)
     scanpy.raw = scanpy.copy()
     scanpy.X = _scaled(scanpy.X)
-    log_only = kang.copy()
-    log_only.X = _log_normalised(kang.X, 1e6)  # any target sum: CPM here
+    log_only = cells.copy()
+    log_only.X = _log_normalised(cells.X, 1e6)  # any target sum: CPM here
     return {"counts": counts, "cellxgene": cellxgene, "scanpy": scanpy, "log_only": log_only}
 
 
@@ -85,21 +85,21 @@ def _write(tmp_path, adata, name):
     return path
 
 
-def test_four_ways_of_storing_the_cells_give_one_embedding_and_prediction(model, kang,
+def test_four_ways_of_storing_the_cells_give_one_embedding_and_prediction(model, cells,
                                                                          tmp_path):
     read_as = {"counts": ("X", inputs.COUNTS), "cellxgene": ("X", inputs.LOG1P),
                "scanpy": (".raw", inputs.LOG1P), "log_only": ("X", inputs.LOG1P)}
     results, notes = {}, []
-    for name, adata in _copies(kang).items():
+    for name, adata in _copies(cells).items():
         model.embed_h5ad(_write(tmp_path, adata, name), tmp_path / f"{name}.out.h5ad",
                          on_note=notes.append)
         results[name] = ad.read_h5ad(tmp_path / f"{name}.out.h5ad")
         card = results[name].uns["ssl_census"]
         assert (card["values_from"], card["values_found"]) == read_as[name]
-        assert card["genes_matched"] == card["n_model_genes"] == kang.n_vars
+        assert card["genes_matched"] == card["n_model_genes"] == cells.n_vars
     assert len(notes) == 1 and re.fullmatch(
         r"X holds scaled or centred values \(negative entries, min -[0-9.]+\); reading .raw "
-        rf"\(log1p-normalised values, {kang.n_vars} of the model's genes\) instead", notes[0])
+        rf"\(log1p-normalised values, {cells.n_vars} of the model's genes\) instead", notes[0])
     ref = results["counts"]
     for name, out in results.items():
         np.testing.assert_allclose(out.obsm[OBSM_KEY], ref.obsm[OBSM_KEY], rtol=0, atol=1e-5,
@@ -109,22 +109,26 @@ def test_four_ways_of_storing_the_cells_give_one_embedding_and_prediction(model,
         differ = (out.obs[TYPE] != ref.obs[TYPE]).to_numpy()
         # a float-rounding difference can only flip a near tie between two types
         assert differ.sum() <= 2 and np.all(ref.obs[PROBABILITY_COLUMN][differ] < 0.5 + 1e-5)
-    # the model learnt something: most cells get the type they are annotated with (the store
-    # the run was trained on names types as the file does)
-    assert (ref.obs["cell_type"].astype(str) == ref.obs[TYPE].astype(str)).mean() > 0.6
+    # the model learnt something: far more cells get the type they are annotated with than
+    # naming every cell the most common type would give (the store the run was trained on
+    # names types as the file does)
+    truth = ref.obs["cell_type"].astype(str)
+    majority = truth.value_counts(normalize=True).iloc[0]
+    assert (truth == ref.obs[TYPE].astype(str)).mean() > max(0.3, 2 * majority)
 
 
-def test_api_and_cli_give_identical_outputs_and_leave_the_input_alone(model, run_dir, kang,
+def test_api_and_cli_give_identical_outputs_and_leave_the_input_alone(model, run_dir, cells,
                                                                     tmp_path):
-    copy = _copies(kang)["cellxgene"]
-    copy.layers["counts"] = kang.X.copy()
+    copy = _copies(cells)["cellxgene"]
+    copy.layers["counts"] = cells.X.copy()
     copy.obsm["X_pca"] = np.arange(copy.n_obs * 2, dtype=np.float32).reshape(-1, 2)
+    copy.uns["provenance"] = {"source": "synthetic census", "seed": 1}
     path = _write(tmp_path, copy, "in")
     out = tmp_path / "cli.h5ad"
     r = CliRunner().invoke(main, ["embed", "--run", str(run_dir), "--h5ad", str(path),
                                   "--out", str(out), "--batch-size", "1000"])
     assert r.exit_code == 0, r.output
-    assert f"{kang.n_vars} of {kang.n_vars} model genes matched" in r.output
+    assert f"{cells.n_vars} of {cells.n_vars} model genes matched" in r.output
     cli = ad.read_h5ad(out)
 
     api = ad.read_h5ad(path)
@@ -151,12 +155,12 @@ def test_api_and_cli_give_identical_outputs_and_leave_the_input_alone(model, run
         assert after.uns["provenance"] == before.uns["provenance"]
 
 
-def test_a_cells_result_does_not_depend_on_its_batch(model, kang):
-    whole = model.annotate(model.embed(kang.copy()))
+def test_a_cells_result_does_not_depend_on_its_batch(model, cells):
+    whole = model.annotate(model.embed(cells.copy()))
     probability = whole.obs[PROBABILITY_COLUMN].to_numpy()
-    rows = np.random.default_rng(0).permutation(kang.n_obs)[:37]
+    rows = np.random.default_rng(0).permutation(cells.n_obs)[:37]
     for batch_size in (1, 5, 4096):
-        part = model.annotate(model.embed(kang[rows].copy(), batch_size=batch_size),
+        part = model.annotate(model.embed(cells[rows].copy(), batch_size=batch_size),
                               batch_size=batch_size)
         assert np.array_equal(part.obsm[OBSM_KEY], whole.obsm[OBSM_KEY][rows])
         assert np.array_equal(part.obs[PROBABILITY_COLUMN], probability[rows])
@@ -172,8 +176,8 @@ def test_networks_with_batch_statistics_are_refused(model):
         plain.annotate(ad.AnnData(sp.csr_matrix((2, len(model.var)), dtype=np.float32)))
 
 
-def test_files_are_streamed_a_chunk_at_a_time(model, kang, tmp_path, monkeypatch):
-    path = _write(tmp_path, kang, "counts")
+def test_files_are_streamed_a_chunk_at_a_time(model, cells, tmp_path, monkeypatch):
+    path = _write(tmp_path, cells, "counts")
     asked: list[int] = []
     reader = inputs._csr_rows
 
@@ -187,28 +191,31 @@ def test_files_are_streamed_a_chunk_at_a_time(model, kang, tmp_path, monkeypatch
 
     monkeypatch.setattr(inputs, "_csr_rows", spy)
     card = model.embed_h5ad(path, tmp_path / "out.h5ad", batch_size=1000)
-    assert card["n_cells"] == kang.n_obs and max(asked) <= 1000  # sampled 256 cells at a time
+    assert card["n_cells"] == cells.n_obs and max(asked) <= 1000  # sampled 256 cells at a time
     assert asked[-4:] == [1000] * 4  # then 4 chunks of 1,000 cells
 
 
-def test_gene_coverage_is_reported_and_low_coverage_warned(model, kang, tmp_path):
+def test_gene_coverage_is_reported_and_low_coverage_warned(model, cells, tmp_path):
     notes: list[str] = []
-    model.embed_h5ad(_write(tmp_path, kang[:, :500].copy(), "few"), tmp_path / "few.out.h5ad",
+    model.embed_h5ad(_write(tmp_path, cells[:, :500].copy(), "few"), tmp_path / "few.out.h5ad",
                      on_note=notes.append)
     assert len(notes) == 1 and notes[0].startswith(
-        f"only 500 of the model's {kang.n_vars} genes (38.9%) are in the file, under the 50%")
+        f"only 500 of the model's {cells.n_vars} genes ({500 / cells.n_vars:.1%}) are in the "
+        "file, under the 50%")
     assert ad.read_h5ad(tmp_path / "few.out.h5ad").uns["ssl_census"]["genes_matched"] == 500
 
 
-def test_bad_input_is_one_line(run_dir, kang, tmp_path, shared_data):
-    scaled = kang.copy()
-    scaled.X = _scaled(_log_normalised(kang.X, 1e4))
+def test_bad_input_is_one_line(run_dir, cells, tmp_path):
+    scaled = cells.copy()
+    scaled.X = _scaled(_log_normalised(cells.X, 1e4))
     scaled.layers["spliced"] = scaled.X.copy()
+    text = tmp_path / "README.md"
+    text.write_text("# cells\n")
     not_h5ad = tmp_path / "cells.h5"
     with h5py.File(not_h5ad, "w") as f:
         f["matrix/data"] = np.ones(3)
-    sqrt = kang.copy()
-    sqrt.X = np.sqrt(kang.X)
+    sqrt = cells.copy()
+    sqrt.X = np.sqrt(cells.X)
     cases = [
         (_write(tmp_path, scaled, "scaled"), [],
          "no values the model can read in {p}: X holds scaled or centred values (negative "
@@ -218,7 +225,7 @@ def test_bad_input_is_one_line(run_dir, kang, tmp_path, shared_data):
         (_write(tmp_path, scaled, "scaled"), ["--layer", "raw"],
          "{p} has no .raw and no layer 'raw'. use one of: spliced"),
         (_write(tmp_path, sqrt, "sqrt"), [], "X holds non-integer values that are neither"),
-        (shared_data / "README.md", [], "{p} is not an h5ad file (not HDF5)"),
+        (text, [], "{p} is not an h5ad file (not HDF5)"),
         (not_h5ad, [], "{p} is an HDF5 file but not an h5ad (no obs/var)"),
         (tmp_path / "missing.h5ad", [], "h5ad file not found"),
     ]
@@ -232,7 +239,7 @@ def test_bad_input_is_one_line(run_dir, kang, tmp_path, shared_data):
     assert not list(tmp_path.glob(".o.h5ad.tmp-*"))
 
 
-def test_anndata_deprecation_chatter_is_silenced_locally(model, kang, tmp_path, monkeypatch):
+def test_anndata_deprecation_chatter_is_silenced_locally(model, cells, tmp_path, monkeypatch):
     import anndata.io
 
     original = anndata.io.read_elem
@@ -242,7 +249,7 @@ def test_anndata_deprecation_chatter_is_silenced_locally(model, kang, tmp_path, 
         return original(elem)
 
     monkeypatch.setattr(anndata.io, "read_elem", chatty)
-    path = _write(tmp_path, kang[:300].copy(), "small")
+    path = _write(tmp_path, cells[:300].copy(), "small")
     filters = list(warnings.filters)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -1,4 +1,5 @@
-"""`ssl-census bench loader` on a small real store: figures come out, shuffle quality means it."""
+"""`ssl-census bench loader` on a small synthetic store: figures come out, shuffle
+quality means it."""
 
 from __future__ import annotations
 
@@ -8,15 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from loader_support import build_kang_store
 
 from ssl_census.benchmarks.loader_bench import batch_entropy, shuffle_quality
 from ssl_census.cli import main
 
 
 @pytest.fixture(scope="session")
-def kang_store(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_kang_store(shared_data, tmp_path_factory.getbasetemp() / "kang-shards")
+def store(synth_loader_store: Path) -> Path:
+    return synth_loader_store
 
 
 def test_batch_entropy_tells_mixed_from_sorted_batches() -> None:
@@ -33,10 +33,10 @@ def test_batch_entropy_tells_mixed_from_sorted_batches() -> None:
         pytest.approx(1.0, abs=0.05)
 
 
-def test_bench_loader_cli_writes_the_figures(kang_store: Path, tmp_path: Path) -> None:
+def test_bench_loader_cli_writes_the_figures(store: Path, tmp_path: Path) -> None:
     out = tmp_path / "loader.json"
     result = CliRunner().invoke(main, [
-        "bench", "loader", "--shards", str(kang_store), "--json", str(out), "--batch-size", "1024",
+        "bench", "loader", "--shards", str(store), "--json", str(out), "--batch-size", "1024",
         "--work", str(tmp_path / "work"), "--skip", "annbatch", "--skip", "scdataset",
         "--skip", "readers",
     ])
@@ -52,7 +52,7 @@ def test_bench_loader_cli_writes_the_figures(kang_store: Path, tmp_path: Path) -
     assert "ssl-census" in result.output
 
 
-def test_bench_loader_rejects_unknown_skip(kang_store: Path, tmp_path: Path) -> None:
-    result = CliRunner().invoke(main, ["bench", "loader", "--shards", str(kang_store),
+def test_bench_loader_rejects_unknown_skip(store: Path, tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["bench", "loader", "--shards", str(store),
                                        "--work", str(tmp_path), "--skip", "merlin"])
     assert result.exit_code == 2 and "unknown --skip merlin" in result.output

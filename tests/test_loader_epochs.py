@@ -1,4 +1,4 @@
-"""BlockShuffleLoader epochs on real cells: coverage, order, ranks, resuming, sampling."""
+"""BlockShuffleLoader epochs on a synthetic store: coverage, order, ranks, resuming, sampling."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from loader_support import build_kang_store
 
 from ssl_census.data import BlockShuffleLoader
 from ssl_census.data.plan import EpochPlan
@@ -17,16 +16,16 @@ SMALL = dict(batch_size=500, block_size=128, buffer_cells=1_280, dense=False, wo
 
 
 @pytest.fixture(scope="session")
-def kang_store(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_kang_store(shared_data, tmp_path_factory.getbasetemp() / "kang-shards")
+def store(synth_loader_store: Path) -> Path:
+    return synth_loader_store
 
 
 def _indices(loader: BlockShuffleLoader) -> list[np.ndarray]:
     return [b.index.numpy().copy() for b in loader]
 
 
-def test_every_cell_once_per_epoch(kang_store: Path) -> None:
-    loader = BlockShuffleLoader(kang_store, "train", obs_columns=(), **SMALL)
+def test_every_cell_once_per_epoch(store: Path) -> None:
+    loader = BlockShuffleLoader(store, "train", obs_columns=(), **SMALL)
     for epoch in (0, 1):
         loader.set_epoch(epoch)
         batches = _indices(loader)
@@ -36,9 +35,9 @@ def test_every_cell_once_per_epoch(kang_store: Path) -> None:
         assert np.array_equal(np.sort(seen), np.arange(loader.n_cells))
 
 
-def test_same_seed_and_epoch_same_order_next_epoch_differs(kang_store: Path) -> None:
-    a = BlockShuffleLoader(kang_store, "train", seed=3, obs_columns=(), **SMALL)
-    b = BlockShuffleLoader(kang_store, "train", seed=3, obs_columns=(), **SMALL)
+def test_same_seed_and_epoch_same_order_next_epoch_differs(store: Path) -> None:
+    a = BlockShuffleLoader(store, "train", seed=3, obs_columns=(), **SMALL)
+    b = BlockShuffleLoader(store, "train", seed=3, obs_columns=(), **SMALL)
     first = np.concatenate(_indices(a))
     assert np.array_equal(first, np.concatenate(_indices(b)))
     b.set_epoch(1)
@@ -46,21 +45,21 @@ def test_same_seed_and_epoch_same_order_next_epoch_differs(kang_store: Path) -> 
     assert not np.array_equal(first, second)
     # shuffled beyond the block level: consecutive rows rarely stay neighbours
     assert np.mean(np.abs(np.diff(first)) == 1) < 0.05
-    c = BlockShuffleLoader(kang_store, "train", seed=4, obs_columns=(), **SMALL)
+    c = BlockShuffleLoader(store, "train", seed=4, obs_columns=(), **SMALL)
     assert not np.array_equal(first, np.concatenate(_indices(c)))
 
 
-def test_sequential_mode_reads_rows_in_order(kang_store: Path) -> None:
-    loader = BlockShuffleLoader(kang_store, "val", shuffle=False, obs_columns=(), **SMALL)
+def test_sequential_mode_reads_rows_in_order(store: Path) -> None:
+    loader = BlockShuffleLoader(store, "val", shuffle=False, obs_columns=(), **SMALL)
     batches = _indices(loader)
     assert np.array_equal(np.concatenate(batches), np.arange(loader.n_cells))
     assert [len(b) for b in batches] == [500] * 4
 
 
 @pytest.mark.parametrize("drop_last", [False, True])
-def test_two_ranks_disjoint_complete_equal_batches(kang_store: Path, drop_last: bool) -> None:
+def test_two_ranks_disjoint_complete_equal_batches(store: Path, drop_last: bool) -> None:
     ranks = [
-        BlockShuffleLoader(kang_store, "train", rank=r, world_size=2, drop_last=drop_last,
+        BlockShuffleLoader(store, "train", rank=r, world_size=2, drop_last=drop_last,
                            obs_columns=(), **SMALL)
         for r in (0, 1)
     ]
@@ -81,13 +80,13 @@ def test_two_ranks_disjoint_complete_equal_batches(kang_store: Path, drop_last: 
         assert sizes[0] == sizes[1] >= n / 2
 
 
-def test_resume_mid_epoch_yields_the_remaining_batches(kang_store: Path) -> None:
+def test_resume_mid_epoch_yields_the_remaining_batches(store: Path) -> None:
     kw = dict(SMALL, layers=("x", "counts"), obs_columns=("cell_type_code",), seed=7)
-    full = BlockShuffleLoader(kang_store, "train", **kw)
+    full = BlockShuffleLoader(store, "train", **kw)
     full.set_epoch(2)
     reference = [(b.index.numpy().copy(), b.x.values().numpy().copy()) for b in full]
 
-    first = BlockShuffleLoader(kang_store, "train", **kw)
+    first = BlockShuffleLoader(store, "train", **kw)
     first.set_epoch(2)
     for i, _ in enumerate(first):
         if i == 6:  # batch 6 handed out: state says continue at batch 7
@@ -95,7 +94,7 @@ def test_resume_mid_epoch_yields_the_remaining_batches(kang_store: Path) -> None
             break
     assert state["batch"] == 7 and state["epoch"] == 2
 
-    resumed = BlockShuffleLoader(kang_store, "train", **kw)
+    resumed = BlockShuffleLoader(store, "train", **kw)
     resumed.load_state_dict(state)
     resumed.set_epoch(2)  # a training loop sets the epoch again: the loaded position stays
     rest = [(b.index.numpy().copy(), b.x.values().numpy().copy()) for b in resumed]
@@ -106,20 +105,20 @@ def test_resume_mid_epoch_yields_the_remaining_batches(kang_store: Path) -> None
     assert np.array_equal(next(iter(resumed)).index.numpy(), reference[0][0])
 
 
-def test_resume_refuses_other_settings(kang_store: Path) -> None:
+def test_resume_refuses_other_settings(store: Path) -> None:
     from ssl_census.core.errors import UserError
 
-    state = BlockShuffleLoader(kang_store, "train", obs_columns=(), **SMALL).state_dict()
-    other = BlockShuffleLoader(kang_store, "train", obs_columns=(), **dict(SMALL, batch_size=400))
+    state = BlockShuffleLoader(store, "train", obs_columns=(), **SMALL).state_dict()
+    other = BlockShuffleLoader(store, "train", obs_columns=(), **dict(SMALL, batch_size=400))
     with pytest.raises(UserError, match="batch_size"):
         other.load_state_dict(state)
 
 
-def test_balanced_sampler_evens_out_classes(kang_store: Path) -> None:
-    obs = pd.read_parquet(kang_store / "train" / "obs.parquet")
+def test_balanced_sampler_evens_out_classes(store: Path) -> None:
+    obs = pd.read_parquet(store / "train" / "obs.parquet")
     natural = obs["cell_type_code"].value_counts(normalize=True)
-    assert natural.max() / natural.min() > 20  # Kang's classes are far from balanced
-    loader = BlockShuffleLoader(kang_store, "train", sampler="balanced",
+    assert natural.max() / natural.min() > 20  # the store keeps few cells of its rare types
+    loader = BlockShuffleLoader(store, "train", sampler="balanced",
                                 obs_columns=("cell_type_code",), **SMALL)
     codes = np.concatenate([b.obs["cell_type_code"].numpy() for b in loader])
     assert len(codes) == loader.n_cells  # an epoch keeps its length
@@ -141,10 +140,10 @@ def test_plan_lengths_match_yielded_cells() -> None:
         assert len(set(lens)) == 1
 
 
-def test_two_ranks_share_a_split_smaller_than_one_block(kang_store: Path) -> None:
+def test_two_ranks_share_a_split_smaller_than_one_block(store: Path) -> None:
     # one block would hold the whole split: each rank must still get cells and as many batches
     kw = dict(SMALL, block_size=10**6, obs_columns=())
-    ranks = [BlockShuffleLoader(kang_store, "val", rank=r, world_size=2, **kw) for r in (0, 1)]
+    ranks = [BlockShuffleLoader(store, "val", rank=r, world_size=2, **kw) for r in (0, 1)]
     runs = [_indices(loader) for loader in ranks]
     assert len(runs[0]) == len(runs[1]) > 0
     sets = [set(np.concatenate(run).tolist()) for run in runs]

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from loader_support import build_kang_store, stored_matrix
+from loader_support import stored_matrix
 
 from ssl_census.core.errors import UserError
 from ssl_census.data import BlockShuffleLoader
@@ -21,15 +21,15 @@ SMALL = dict(batch_size=700, block_size=100, buffer_cells=1_000, workers=2)
 
 
 @pytest.fixture(scope="session")
-def kang_store(shared_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_kang_store(shared_data, tmp_path_factory.getbasetemp() / "kang-shards")
+def store(synth_loader_store: Path) -> Path:
+    return synth_loader_store
 
 
 @pytest.mark.parametrize("dense", [True, False])
-def test_batches_equal_stored_values_both_layers(kang_store: Path, dense: bool) -> None:
-    loader = BlockShuffleLoader(kang_store, "train", layers=("x", "counts"), dense=dense,
+def test_batches_equal_stored_values_both_layers(store: Path, dense: bool) -> None:
+    loader = BlockShuffleLoader(store, "train", layers=("x", "counts"), dense=dense,
                                 obs_columns=(), **SMALL)
-    ref = {lay: stored_matrix(kang_store, "train", lay) for lay in ("x", "counts")}
+    ref = {lay: stored_matrix(store, "train", lay) for lay in ("x", "counts")}
     n_batches = 0
     for batch in loader:
         rows = batch.index.numpy()
@@ -49,20 +49,20 @@ def test_batches_equal_stored_values_both_layers(kang_store: Path, dense: bool) 
     assert float(ref["counts"].max()) > 50 and float(ref["x"].max()) < 15
 
 
-def test_counts_only_layer(kang_store: Path) -> None:
-    loader = BlockShuffleLoader(kang_store, "val", layers=("counts",), shuffle=False,
+def test_counts_only_layer(store: Path) -> None:
+    loader = BlockShuffleLoader(store, "val", layers=("counts",), shuffle=False,
                                 obs_columns=(), **SMALL)
     batch = next(iter(loader))
-    ref = stored_matrix(kang_store, "val", "counts")[:700].toarray()
+    ref = stored_matrix(store, "val", "counts")[:700].toarray()
     np.testing.assert_array_equal(batch.counts.numpy(), ref)
     assert "x" not in batch.layers
 
 
-def test_obs_columns_align_with_rows(kang_store: Path) -> None:
+def test_obs_columns_align_with_rows(store: Path) -> None:
     cols = ("cell_type_code", "dataset_id", "donor_id", "library_size")
-    loader = BlockShuffleLoader(kang_store, "train", obs_columns=cols, dense=False, **SMALL)
-    obs = pd.read_parquet(kang_store / "train" / "obs.parquet")
-    counts = stored_matrix(kang_store, "train", "counts")
+    loader = BlockShuffleLoader(store, "train", obs_columns=cols, dense=False, **SMALL)
+    obs = pd.read_parquet(store / "train" / "obs.parquet")
+    counts = stored_matrix(store, "train", "counts")
     assert loader.categories["dataset_id"] == sorted(obs["dataset_id"].astype(str).unique())
     for batch in loader:
         rows = batch.index.numpy()
@@ -78,10 +78,10 @@ def test_obs_columns_align_with_rows(kang_store: Path) -> None:
 
 
 @pytest.mark.parametrize("reader", [r for r in READERS if r != "direct"])
-def test_every_reader_gives_the_same_batches(kang_store: Path, reader: str) -> None:
+def test_every_reader_gives_the_same_batches(store: Path, reader: str) -> None:
     kw = dict(SMALL, seed=5, dense=False, obs_columns=(), layers=("x", "counts"))
-    direct = list(BlockShuffleLoader(kang_store, "train", reader="direct", **kw))
-    other = list(BlockShuffleLoader(kang_store, "train", reader=reader, **kw))
+    direct = list(BlockShuffleLoader(store, "train", reader="direct", **kw))
+    other = list(BlockShuffleLoader(store, "train", reader=reader, **kw))
     assert len(direct) == len(other)
     for a, b in zip(direct, other, strict=True):
         assert torch.equal(a.index, b.index)
@@ -90,37 +90,37 @@ def test_every_reader_gives_the_same_batches(kang_store: Path, reader: str) -> N
             assert torch.equal(a.layers[lay].values(), b.layers[lay].values())
 
 
-def test_store_behind_fsspec_reads_the_same(kang_store: Path) -> None:
+def test_store_behind_fsspec_reads_the_same(store: Path) -> None:
     fs = fsspec.filesystem("memory")
-    fs.put(str(kang_store), "/kang", recursive=True)
+    fs.put(str(store), "/store", recursive=True)
     try:
         kw = dict(SMALL, seed=2, dense=False, obs_columns=("dataset_id",))
-        remote = BlockShuffleLoader("memory://kang", "val", **kw)
-        local = BlockShuffleLoader(kang_store, "val", **kw)
+        remote = BlockShuffleLoader("memory://store", "val", **kw)
+        local = BlockShuffleLoader(store, "val", **kw)
         assert remote.categories == local.categories
         for a, b in zip(remote, local, strict=True):
             assert torch.equal(a.index, b.index)
             assert torch.equal(a.x.values(), b.x.values())
             assert torch.equal(a.obs["dataset_id"], b.obs["dataset_id"])
     finally:
-        fs.rm("/kang", recursive=True)
+        fs.rm("/store", recursive=True)
 
 
-def test_bad_input_is_a_user_error(kang_store: Path, tmp_path: Path) -> None:
+def test_bad_input_is_a_user_error(store: Path, tmp_path: Path) -> None:
     with pytest.raises(UserError, match="split 'test'"):
-        BlockShuffleLoader(kang_store, "test")
+        BlockShuffleLoader(store, "test")
     with pytest.raises(UserError, match="unknown obs column"):
-        BlockShuffleLoader(kang_store, "val", obs_columns=("cell_type_code", "no_such_column"))
+        BlockShuffleLoader(store, "val", obs_columns=("cell_type_code", "no_such_column"))
     with pytest.raises(UserError, match="layers"):
-        BlockShuffleLoader(kang_store, "val", layers=("raw",))
+        BlockShuffleLoader(store, "val", layers=("raw",))
     with pytest.raises(UserError, match="reader"):
-        BlockShuffleLoader(kang_store, "val", reader="hdf5")
+        BlockShuffleLoader(store, "val", reader="hdf5")
     with pytest.raises(UserError, match="memory_budget_bytes"):
-        BlockShuffleLoader(kang_store, "val", memory_budget_bytes=1_000_000)
+        BlockShuffleLoader(store, "val", memory_budget_bytes=1_000_000)
     with pytest.raises(UserError, match="not found"):
         BlockShuffleLoader(tmp_path / "nowhere", "train")
     incomplete = tmp_path / "incomplete"
-    shutil.copytree(kang_store, incomplete)
+    shutil.copytree(store, incomplete)
     manifest = json.loads((incomplete / "manifest.json").read_text())
     (incomplete / "manifest.json").write_text(json.dumps({**manifest, "complete": False}))
     with pytest.raises(UserError, match="incomplete"):
@@ -130,10 +130,10 @@ def test_bad_input_is_a_user_error(kang_store: Path, tmp_path: Path) -> None:
         BlockShuffleLoader(incomplete, "train")
 
 
-def test_kept_batches_are_never_overwritten(kang_store: Path) -> None:
+def test_kept_batches_are_never_overwritten(store: Path) -> None:
     """Batch arrays are reused only after the caller drops them; kept ones stay intact."""
-    loader = BlockShuffleLoader(kang_store, "train", dense=False, obs_columns=(), **SMALL)
-    ref = stored_matrix(kang_store, "train", "x")
+    loader = BlockShuffleLoader(store, "train", dense=False, obs_columns=(), **SMALL)
+    ref = stored_matrix(store, "train", "x")
     kept = list(loader)
     loader.set_epoch(1)
     for batch in loader:  # a second epoch, whose dropped batches recycle arrays
@@ -145,10 +145,10 @@ def test_kept_batches_are_never_overwritten(kang_store: Path) -> None:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_batches_are_dense_on_the_device_and_equal_the_stored_values(kang_store: Path) -> None:
-    loader = BlockShuffleLoader(kang_store, "val", layers=("x", "counts"), device="cuda",
+def test_cuda_batches_are_dense_on_the_device_and_equal_the_stored_values(store: Path) -> None:
+    loader = BlockShuffleLoader(store, "val", layers=("x", "counts"), device="cuda",
                                 obs_columns=("cell_type_code",), **SMALL)
-    ref = {lay: stored_matrix(kang_store, "val", lay) for lay in ("x", "counts")}
+    ref = {lay: stored_matrix(store, "val", lay) for lay in ("x", "counts")}
     for batch in loader:
         rows = batch.index.cpu().numpy()
         assert batch.obs["cell_type_code"].is_cuda
