@@ -1,5 +1,5 @@
-"""Real data for the pre-training tests: PBMC 10k (10x, 4,000 genes) as a shard store, and
-an in-memory loader with the BlockShuffleLoader protocol for trainer tests."""
+"""Synthetic cells for the pre-training tests: 3,000 cells of the synthetic census as a shard
+store, and an in-memory loader with the BlockShuffleLoader protocol for trainer tests."""
 
 from __future__ import annotations
 
@@ -8,33 +8,23 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import anndata
+import anndata as ad
 import numpy as np
-import pandas as pd
 import torch
+from synth_support import write_cells
 
-from ssl_census.shards.store import ShardStore, write_store_from_arrays
+from ssl_census.shards.store import ShardStore, open_shards
 
-PBMC = "h5ad/pbmc10k_cite_totalvi.h5ad"
-BESCA = "genesets/besca_celltype_signatures.gmt"
-DOROTHEA = "genesets/dorothea_ABC_tf_targets.gmt"
 N_CELLS = 3000
 
 
-def pbmc_store(shared_data: Path, out: Path) -> ShardStore:
-    """3,000 real PBMCs split 80/20 into train/val, written through the shard writer."""
-    a = anndata.read_h5ad(shared_data / PBMC)[:N_CELLS]
-    genes = [str(g) for g in a.var_names]
-    var = pd.DataFrame({"feature_id": genes, "feature_name": genes})
+def pretrain_store(cells: ad.AnnData, out: Path) -> ShardStore:
+    """N_CELLS of ``cells``, drawn at random, split 80/20 into train/val, written through the
+    shard writer."""
     rng = np.random.default_rng(0)
-    is_val = rng.random(a.n_obs) < 0.2
-    obs = pd.DataFrame({"cell_type": "unknown", "cell_type_ontology_term_id": "unknown"},
-                       index=range(a.n_obs))
-    splits = {
-        name: (a.X[mask], obs[mask])
-        for name, mask in (("train", ~is_val), ("val", is_val))
-    }
-    return write_store_from_arrays(out, var, splits, manifest={"gene_list": {"sha256": "test"}})
+    picked = np.sort(rng.choice(cells.n_obs, N_CELLS, replace=False))
+    split = (rng.random(N_CELLS) < 0.2).astype(np.int8)  # 0 train, 1 val
+    return open_shards(write_cells(out, cells[picked], split))
 
 
 def split_matrix(store: ShardStore, split: str) -> torch.Tensor:
@@ -98,18 +88,18 @@ def options_for(method: str, **wanted: Any) -> dict[str, Any]:
     return {k: v for k, v in wanted.items() if k in known}
 
 
-def gene_sets_for(method: str, shared_data: Path) -> str | None:
-    name = {"gp_mask": BESCA, "gp_to_gp": BESCA, "gp_to_tf": DOROTHEA}.get(method)
-    return str(shared_data / name) if name else None
+def gene_sets_for(method: str, gene_sets: Mapping[str, Path]) -> str | None:
+    """The GMT file a method reads from the synth_gene_sets fixture (None: it reads none)."""
+    name = {"gp_mask": "programmes", "gp_to_gp": "programmes", "gp_to_tf": "tf_targets"}.get(
+        method)
+    return str(gene_sets[name]) if name else None
 
 
-def ddp_worker(rank: int, world: int, init_file: str, shared_data: str, store_dir: str,
-               out_dir: str) -> None:
+def ddp_worker(rank: int, world: int, init_file: str, store_dir: str, out_dir: str) -> None:
     """One rank of a gloo DDP run of the Trainer; saves its final weights as rank<r>.pt."""
     import torch.distributed as dist
 
     from ssl_census.pretext import build_method
-    from ssl_census.shards.store import open_shards
     from ssl_census.training.distributed import DistEnv
     from ssl_census.training.trainer import TrainConfig, Trainer, seed_everything
 

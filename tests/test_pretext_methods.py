@@ -1,11 +1,11 @@
-"""The six methods on real PBMC values: which genes are seen, which are scored, and that
-the loss counts the scored genes only."""
+"""The six methods on synthetic census values: which genes are seen, which are scored, and
+that the loss counts the scored genes only."""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from pretrain_support import BESCA, DOROTHEA, Batch, pbmc_store, split_matrix
+from pretrain_support import Batch, gene_sets_for, pretrain_store, split_matrix
 
 from ssl_census.pretext import build_method
 from ssl_census.pretext.barlow import barlow_loss
@@ -17,17 +17,15 @@ MASKING = ("random_mask", "gp_mask", "gp_to_gp", "gp_to_tf")
 
 
 @pytest.fixture(scope="module")
-def pbmc(shared_data, tmp_path_factory):
-    store = pbmc_store(shared_data, tmp_path_factory.mktemp("pbmc") / "shards")
+def cells(synth_cells, tmp_path_factory):
+    store = pretrain_store(synth_cells, tmp_path_factory.mktemp("pretrain") / "shards")
     return store, split_matrix(store, "train")[:256]
 
 
-def make(method, pbmc, shared_data, **options):
-    store, _ = pbmc
-    gene_sets = {"gp_mask": BESCA, "gp_to_gp": BESCA, "gp_to_tf": DOROTHEA}.get(method)
+def make(method, cells, gene_sets, **options):
+    store, _ = cells
     return build_method(method, store.var["feature_name"].tolist(), model=TINY,
-                        options=options, gene_sets=str(shared_data / gene_sets) if gene_sets
-                        else None)
+                        options=options, gene_sets=gene_sets_for(method, gene_sets))
 
 
 def programme_rows(m):
@@ -35,17 +33,17 @@ def programme_rows(m):
     return m.sampler.members.to_dense().T.bool()
 
 
-def test_random_masking_hides_half_the_genes_and_scores_them(pbmc, shared_data):
-    m = make("random_mask", pbmc, shared_data)
-    visible, scored = m.masks(pbmc[1])
+def test_random_masking_hides_half_the_genes_and_scores_them(cells, synth_gene_sets):
+    m = make("random_mask", cells, synth_gene_sets)
+    visible, scored = m.masks(cells[1])
     assert torch.equal(visible, ~scored)
     assert abs(scored.float().mean().item() - 0.5) < 0.01
     assert (scored.float().mean(1) - 0.5).abs().max() < 0.05  # per cell, not per batch
 
 
-def test_gp_masking_hides_whole_programmes_up_to_the_rate(pbmc, shared_data):
-    m = make("gp_mask", pbmc, shared_data, mask_rate=0.02)
-    visible, scored = m.masks(pbmc[1])
+def test_gp_masking_hides_whole_programmes_up_to_the_rate(cells, synth_gene_sets):
+    m = make("gp_mask", cells, synth_gene_sets, mask_rate=0.02)
+    visible, scored = m.masks(cells[1])
     assert torch.equal(visible, ~scored)
     progs = programme_rows(m)
     # every hidden gene belongs to a programme that is hidden whole
@@ -57,9 +55,9 @@ def test_gp_masking_hides_whole_programmes_up_to_the_rate(pbmc, shared_data):
     assert frac.min() > 0 and frac.max() <= 0.02 + largest
 
 
-def test_gp_to_gp_keeps_and_scores_exactly_one_programme(pbmc, shared_data):
-    m = make("gp_to_gp", pbmc, shared_data)
-    visible, scored = m.masks(pbmc[1])
+def test_gp_to_gp_keeps_and_scores_exactly_one_programme(cells, synth_gene_sets):
+    m = make("gp_to_gp", cells, synth_gene_sets)
+    visible, scored = m.masks(cells[1])
     assert torch.equal(visible, scored)
     progs = programme_rows(m)
     matches = (visible[:, None, :] == progs[None]).all(-1)
@@ -67,9 +65,9 @@ def test_gp_to_gp_keeps_and_scores_exactly_one_programme(pbmc, shared_data):
     assert len(set(matches.float().argmax(1).tolist())) > 10  # programmes vary between cells
 
 
-def test_gp_to_tf_keeps_targets_hides_factor_and_scores_only_factor(pbmc, shared_data):
-    m = make("gp_to_tf", pbmc, shared_data)
-    visible, scored = m.masks(pbmc[1])
+def test_gp_to_tf_keeps_targets_hides_factor_and_scores_only_factor(cells, synth_gene_sets):
+    m = make("gp_to_tf", cells, synth_gene_sets)
+    visible, scored = m.masks(cells[1])
     assert (scored.sum(1) == 1).all()
     assert not (visible & scored).any()
     factor = scored.float().argmax(1)
@@ -79,9 +77,9 @@ def test_gp_to_tf_keeps_targets_hides_factor_and_scores_only_factor(pbmc, shared
 
 
 @pytest.mark.parametrize("method", MASKING)
-def test_masked_input_is_zero_and_loss_ignores_unscored_predictions(method, pbmc, shared_data):
-    m = make(method, pbmc, shared_data)
-    x = pbmc[1]
+def test_masked_input_is_zero_and_loss_ignores_unscored_predictions(method, cells, synth_gene_sets):
+    m = make(method, cells, synth_gene_sets)
+    x = cells[1]
     seen, captured = {}, {}
     fixed = torch.randn_like(x)
     original_masks = m.masks
@@ -110,16 +108,16 @@ def test_masked_input_is_zero_and_loss_ignores_unscored_predictions(method, pbmc
     assert torch.allclose(reference, expected)
 
 
-def test_every_masking_method_is_a_masked_autoencoder(pbmc, shared_data):
+def test_every_masking_method_is_a_masked_autoencoder(cells, synth_gene_sets):
     for method in MASKING:
-        assert isinstance(make(method, pbmc, shared_data), MaskedAutoencoder)
+        assert isinstance(make(method, cells, synth_gene_sets), MaskedAutoencoder)
 
 
-def test_byol_target_moves_every_step_and_differs_from_online(pbmc, shared_data):
-    m = make("byol", pbmc, shared_data, projector_hidden=128, predictor_hidden=128)
+def test_byol_target_moves_every_step_and_differs_from_online(cells, synth_gene_sets):
+    m = make("byol", cells, synth_gene_sets, projector_hidden=128, predictor_hidden=128)
     assert isinstance(m, BYOL)
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-3)
-    x = pbmc[1]
+    x = cells[1]
     for _ in range(3):
         before = [t.clone() for _, t in m.online_target_pairs()]
         m.loss(Batch(x))["loss"].backward()
@@ -133,7 +131,7 @@ def test_byol_target_moves_every_step_and_differs_from_online(pbmc, shared_data)
     assert all(not t.requires_grad for _, t in m.online_target_pairs())
 
 
-def test_barlow_loss_matches_its_definition(pbmc, shared_data):
+def test_barlow_loss_matches_its_definition():
     torch.manual_seed(0)
     z1, z2 = torch.randn(64, 8), torch.randn(64, 8)
     n1 = (z1 - z1.mean(0)) / z1.std(0, unbiased=False)
@@ -145,9 +143,9 @@ def test_barlow_loss_matches_its_definition(pbmc, shared_data):
     assert barlow_loss(z1, z1, 0.0051) < expected  # identical views correlate on the diagonal
 
 
-def test_contrastive_views_differ_and_stay_non_negative(pbmc, shared_data):
-    m = make("barlow", pbmc, shared_data)
-    x = pbmc[1]
+def test_contrastive_views_differ_and_stay_non_negative(cells, synth_gene_sets):
+    m = make("barlow", cells, synth_gene_sets)
+    x = cells[1]
     v1, v2 = m.augment(x), m.augment(x)
     assert (v1 >= 0).all() and not torch.equal(v1, v2) and not torch.equal(v1, x)
     zeroed = ((v1 == 0) & (x > 0)).float().sum() / (x > 0).float().sum()

@@ -1,4 +1,4 @@
-"""`ssl-census pretrain` end to end on a real shard store, with the real loader."""
+"""`ssl-census pretrain` end to end on a synthetic shard store, with the real loader."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import tomllib
 
 import pytest
 from click.testing import CliRunner
-from pretrain_support import pbmc_store
+from pretrain_support import pretrain_store
+from synth_support import N_GENES
 
 from ssl_census.cli import main
 from ssl_census.training.rundir import RunDir, load_encoder
@@ -20,8 +21,8 @@ SMALL = ["--hidden", "64,16", "--batch-size", "64", "--val-every", "6", "--devic
 
 
 @pytest.fixture(scope="module")
-def shards(shared_data, tmp_path_factory):
-    return pbmc_store(shared_data, tmp_path_factory.mktemp("pbmc") / "shards").path
+def shards(synth_cells, tmp_path_factory):
+    return pretrain_store(synth_cells, tmp_path_factory.mktemp("pretrain") / "shards").path
 
 
 def pretrain(*args):
@@ -36,7 +37,7 @@ def test_pretrain_writes_a_run_that_finetuning_can_load(shards, tmp_path):
     card = json.loads((out / "model_card.json").read_text())
     manifest = json.loads((shards / "manifest.json").read_text())
     assert card["method"] == "random_mask" and card["step"] == 12
-    assert card["n_genes"] == 4000 and card["encoder"]["hidden"] == [64, 16]
+    assert card["n_genes"] == N_GENES and card["encoder"]["hidden"] == [64, 16]
     assert card["gene_list_sha256"] == manifest["gene_list"]["sha256"]
     assert len(card["shards"]["manifest_sha256"]) == 64
     config = tomllib.loads((out / "config.toml").read_text())
@@ -53,9 +54,9 @@ def test_pretrain_writes_a_run_that_finetuning_can_load(shards, tmp_path):
     assert json.loads((out / "model_card.json").read_text())["step"] == 18
 
 
-def test_gene_sets_option_feeds_the_gp_methods(shards, tmp_path, shared_data):
+def test_gene_sets_option_feeds_the_gp_methods(shards, tmp_path, synth_gene_sets):
     r = pretrain("--method", "gp_to_tf", "--shards", shards, "--out", tmp_path / "run",
-                 "--gene-sets", shared_data / "genesets/dorothea_ABC_tf_targets.gmt",
+                 "--gene-sets", synth_gene_sets["tf_targets"],
                  "--max-steps", 6, *SMALL)
     assert r.exit_code == 0, r.output
     bad = pretrain("--method", "gp_mask", "--shards", shards, "--out", tmp_path / "bad",
@@ -78,7 +79,7 @@ def test_bad_input_is_one_line_and_exit_2(shards, tmp_path):
 def test_torchrun_two_gloo_ranks_end_with_equal_weights(shards, tmp_path):
     out = tmp_path / "run"
     config = tmp_path / "barlow.toml"
-    # 627 val cells: blocks of 256 give both ranks val cells
+    # about 600 val cells: blocks of 256 give both ranks val cells
     config.write_text('method = "barlow"\n[data]\nblock_size = 256\n')
     env = {**os.environ, "OMP_NUM_THREADS": "1", "SSL_CENSUS_NO_PROGRESS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",

@@ -1,4 +1,4 @@
-"""The Trainer on real PBMC values: every method learns, resume is exact, early stopping,
+"""The Trainer on synthetic census values: every method learns, resume is exact, early stopping,
 checkpoints and the run directory, and DDP over two gloo processes."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pretrain_support import (
     ddp_worker,
     gene_sets_for,
     options_for,
-    pbmc_store,
+    pretrain_store,
     split_matrix,
 )
 
@@ -25,17 +25,17 @@ from ssl_census.training.trainer import TrainConfig, Trainer, seed_everything
 
 
 @pytest.fixture(scope="module")
-def pbmc(shared_data, tmp_path_factory):
-    store = pbmc_store(shared_data, tmp_path_factory.mktemp("pbmc") / "shards")
+def cells(synth_cells, tmp_path_factory):
+    store = pretrain_store(synth_cells, tmp_path_factory.mktemp("pretrain") / "shards")
     return store, split_matrix(store, "train"), split_matrix(store, "val")
 
 
-def make_trainer(pbmc, shared_data, run_path, method="random_mask", on_step=None, **cfg):
-    store, train, val = pbmc
+def make_trainer(cells, gene_sets, run_path, method="random_mask", on_step=None, **cfg):
+    store, train, val = cells
     seed_everything(0)
     options = options_for(method, **SMALL_HEADS, min_fraction=0.2)
     objective = build_method(method, store.var["feature_name"].tolist(), model=TINY,
-                             options=options, gene_sets=gene_sets_for(method, shared_data))
+                             options=options, gene_sets=gene_sets_for(method, gene_sets))
     config = TrainConfig(**{"max_steps": 30, "max_epochs": None, "val_every": 10,
                             "val_batches": 3, "log_every": 1, "warmup_steps": 5, **cfg})
     run = None
@@ -52,8 +52,8 @@ def val_losses(run):
 
 
 @pytest.mark.parametrize("method", METHODS)
-def test_each_method_lowers_its_validation_loss(method, pbmc, shared_data, tmp_path):
-    trainer = make_trainer(pbmc, shared_data, tmp_path / "run", method, max_steps=30,
+def test_each_method_lowers_its_validation_loss(method, cells, synth_gene_sets, tmp_path):
+    trainer = make_trainer(cells, synth_gene_sets, tmp_path / "run", method, max_steps=30,
                            val_every=15, lr=2e-3)
     trainer.fit()
     losses = val_losses(trainer.run)
@@ -61,8 +61,8 @@ def test_each_method_lowers_its_validation_loss(method, pbmc, shared_data, tmp_p
     assert losses[-1] < losses[0], losses
 
 
-def test_resume_after_a_crash_reproduces_the_loss_sequence(pbmc, shared_data, tmp_path):
-    straight = make_trainer(pbmc, shared_data, tmp_path / "a", "gp_to_tf", max_steps=25,
+def test_resume_after_a_crash_reproduces_the_loss_sequence(cells, synth_gene_sets, tmp_path):
+    straight = make_trainer(cells, synth_gene_sets, tmp_path / "a", "gp_to_tf", max_steps=25,
                             val_every=10)
     straight.fit()
 
@@ -70,11 +70,11 @@ def test_resume_after_a_crash_reproduces_the_loss_sequence(pbmc, shared_data, tm
         if step == 14:
             raise KeyboardInterrupt
 
-    crashed = make_trainer(pbmc, shared_data, tmp_path / "b", "gp_to_tf", crash, max_steps=25,
+    crashed = make_trainer(cells, synth_gene_sets, tmp_path / "b", "gp_to_tf", crash, max_steps=25,
                            val_every=10)
     with pytest.raises(KeyboardInterrupt):
         crashed.fit()
-    resumed = make_trainer(pbmc, shared_data, tmp_path / "b", "gp_to_tf", max_steps=25,
+    resumed = make_trainer(cells, synth_gene_sets, tmp_path / "b", "gp_to_tf", max_steps=25,
                            val_every=10)
     resumed.fit(resume=True)
     assert resumed.step == 25
@@ -88,16 +88,17 @@ def test_resume_after_a_crash_reproduces_the_loss_sequence(pbmc, shared_data, tm
         assert torch.equal(a, b)
 
 
-def test_resume_continues_across_an_epoch_boundary(pbmc, shared_data, tmp_path):
-    # 2,373 training cells / 64 = 37 batches an epoch: resuming at step 20 crosses into epoch 1
-    straight = make_trainer(pbmc, shared_data, tmp_path / "a", max_steps=40, val_every=20)
+def test_resume_continues_across_an_epoch_boundary(cells, synth_gene_sets, tmp_path):
+    # about 2,400 training cells / 64 = 37 batches an epoch: resuming at step 25 crosses into
+    # epoch 1
+    straight = make_trainer(cells, synth_gene_sets, tmp_path / "a", max_steps=40, val_every=20)
     straight.fit()
-    first = make_trainer(pbmc, shared_data, tmp_path / "b", max_steps=40, val_every=20,
+    first = make_trainer(cells, synth_gene_sets, tmp_path / "b", max_steps=40, val_every=20,
                          on_step=lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt)
                          if s == 25 else None)
     with pytest.raises(KeyboardInterrupt):
         first.fit()
-    second = make_trainer(pbmc, shared_data, tmp_path / "b", max_steps=40, val_every=20)
+    second = make_trainer(cells, synth_gene_sets, tmp_path / "b", max_steps=40, val_every=20)
     second.fit(resume=True)
     assert second.epoch == 1
     losses = [[r["loss"] for r in t.run.metrics() if r["split"] == "train"]
@@ -105,17 +106,17 @@ def test_resume_continues_across_an_epoch_boundary(pbmc, shared_data, tmp_path):
     assert losses[0] == losses[1]
 
 
-def test_early_stopping_after_patience_validations_without_improvement(pbmc, shared_data,
+def test_early_stopping_after_patience_validations_without_improvement(cells, synth_gene_sets,
                                                                         tmp_path):
-    trainer = make_trainer(pbmc, shared_data, tmp_path / "run", max_steps=100, val_every=5,
+    trainer = make_trainer(cells, synth_gene_sets, tmp_path / "run", max_steps=100, val_every=5,
                            lr=0.0, patience=2)
     summary = trainer.fit()
     assert summary["stopped_early"] and summary["step"] == 10
     assert not (tmp_path / "run" / "checkpoints" / "best.pt").exists()  # never improved
 
 
-def test_run_directory_checkpoints_and_encoder_loading(pbmc, shared_data, tmp_path):
-    trainer = make_trainer(pbmc, shared_data, tmp_path / "run", "gp_mask", max_steps=20,
+def test_run_directory_checkpoints_and_encoder_loading(cells, synth_gene_sets, tmp_path):
+    trainer = make_trainer(cells, synth_gene_sets, tmp_path / "run", "gp_mask", max_steps=20,
                            val_every=10)
     summary = trainer.fit()
     run = tmp_path / "run"
@@ -129,14 +130,14 @@ def test_run_directory_checkpoints_and_encoder_loading(pbmc, shared_data, tmp_pa
     assert best["step"] == min(val[1:], key=lambda r: r["loss"])["step"]
     encoder, loaded_card = load_encoder(run, "last")
     assert loaded_card["method"] == "gp_mask" and not encoder.training
-    x = pbmc[2][:16]
+    x = cells[2][:16]
     assert torch.equal(encoder(x), trainer.objective.encoder.eval()(x))
     assert (run / "config.toml").read_text().startswith('method = "gp_mask"')
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "lars"])
-def test_optimiser_is_made_once_and_keeps_its_state(optimizer, pbmc, shared_data):
-    trainer = make_trainer(pbmc, shared_data, None, "barlow", max_steps=6, val_every=100,
+def test_optimiser_is_made_once_and_keeps_its_state(optimizer, cells, synth_gene_sets):
+    trainer = make_trainer(cells, synth_gene_sets, None, "barlow", max_steps=6, val_every=100,
                            optimizer=optimizer, lr=0.05 if optimizer == "lars" else 1e-3)
     optimiser = trainer.optimizer
     snapshots = []
@@ -151,10 +152,10 @@ def test_optimiser_is_made_once_and_keeps_its_state(optimizer, pbmc, shared_data
         assert len(norms) == 6 and norms[-1] > norms[0] > 0
 
 
-def test_two_gloo_processes_train_equal_weights(pbmc, tmp_path, shared_data):
-    store = pbmc[0]
-    mp.spawn(ddp_worker, args=(2, str(tmp_path / "init"), str(shared_data), str(store.path),
-                               str(tmp_path)), nprocs=2, join=True)
+def test_two_gloo_processes_train_equal_weights(cells, tmp_path):
+    store = cells[0]
+    mp.spawn(ddp_worker, args=(2, str(tmp_path / "init"), str(store.path), str(tmp_path)),
+             nprocs=2, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     for k, v in r0["state"].items():
         assert torch.equal(v, r1["state"][k]), k
