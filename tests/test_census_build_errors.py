@@ -6,24 +6,35 @@ from pathlib import Path
 
 import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import scipy.sparse as sp
 from click.testing import CliRunner
 
+from ssl_census.census.genes import synthetic_annotation
 from ssl_census.cli import main
 
-STIM = "kang_ctrlstim_muscat_example.h5ad"
+LABELS = ("B cells", "CD14+ Monocytes", "CD4 T cells", "CD8 T cells", "FCGR3A+ Monocytes")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
-    """A data folder: the real annotation and 200 real cells of kang_ctrlstim, good and bad."""
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data folder: the stand-in Ensembl 104 annotation and 200 cells of raw counts over 500
+    of its genes (named by symbol, labelled and with donors and conditions as Kang et al.'s
+    file has them), good and bad."""
     root = tmp_path_factory.mktemp("data")
     (root / "genes").mkdir()
-    (root / "genes" / "ensembl104_GRCh38_genes_biotype.tsv.gz").symlink_to(
-        shared_data / "genes" / "ensembl104_GRCh38_genes_biotype.tsv.gz")
+    annotation = synthetic_annotation()
+    pd.DataFrame({"gene_id": annotation["feature_id"], "gene_name": annotation["feature_name"],
+                  "gene_biotype": annotation["gene_biotype"]}).to_csv(
+        root / "genes" / "ensembl104_GRCh38_genes_biotype.tsv.gz", sep="\t", index=False)
     (root / "h5ad").mkdir()
-    cells = ad.read_h5ad(shared_data / "h5ad" / STIM)[:200].copy()
+    rng = np.random.default_rng(0)
+    obs = pd.DataFrame({"cell_type": np.resize(LABELS, 200), "donor": np.resize(["d1", "d2"], 200),
+                        "condition": np.resize(["stim", "stim", "ctrl"], 200)},
+                       index=[f"cell-{i}" for i in range(200)])
+    cells = ad.AnnData(sp.csr_matrix(rng.poisson(0.5, (200, 500)).astype(np.float32)), obs=obs,
+                       var=pd.DataFrame(index=annotation["feature_name"].iloc[:500].to_numpy()))
     cells.write_h5ad(root / "h5ad" / "good.h5ad")
     dup = cells.copy()
     dup.obs_names = [dup.obs_names[0]] + list(dup.obs_names[1:-1]) + [dup.obs_names[0]]
@@ -37,9 +48,8 @@ def data(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
 def _config(tmp_path: Path, file: str = "h5ad/good.h5ad", gene_id: str = "symbol",
             labels: str | None = None) -> Path:
     labels = labels or "\n".join(
-        f'"{k}" = "{v}"' for k, v in {"B cells": "CL:0000236", "CD14+ Monocytes": "CL:0001054",
-                                      "CD4 T cells": "CL:0000624", "CD8 T cells": "CL:0000625",
-                                      "FCGR3A+ Monocytes": "CL:0002396"}.items())
+        f'"{k}" = "{v}"' for k, v in zip(LABELS, ("CL:0000236", "CL:0001054", "CL:0000624",
+                                                   "CL:0000625", "CL:0002396"), strict=True))
     path = tmp_path / "census.toml"
     path.write_text(f"""
 [labels]

@@ -1,13 +1,14 @@
-"""Scores against scikit-learn / scipy on real data, and the hierarchy rule on real CL terms."""
+"""Scores against scikit-learn / scipy on synthetic census cells, and the hierarchy rule on real
+CL terms."""
 
 from __future__ import annotations
 
-import anndata as ad
 import numpy as np
 import pytest
 from scipy import stats
 from sklearn.decomposition import PCA
 from sklearn.metrics import explained_variance_score, f1_score, mean_squared_error
+from synth_support import with_proteins
 
 from ssl_census.core.metrics import (
     RegressionAccumulator,
@@ -21,9 +22,8 @@ from ssl_census.core.ontology import is_descendant
 
 
 @pytest.fixture(scope="module")
-def kang_log1p(shared_data):
-    a = ad.read_h5ad(shared_data / "h5ad" / "kang_ctrl_muscat_se.h5ad")[:3000]
-    x = a.X.toarray()
+def cells_log1p(synth_cells):
+    x = synth_cells.X[:3000].toarray().astype(np.float64)
     return np.log1p(x / x.sum(1, keepdims=True) * 1e4)
 
 
@@ -53,8 +53,8 @@ def test_prediction_of_a_descendant_counts_as_correct_but_not_the_reverse():
     assert classification_scores(y_true, fixed)["micro_f1"] == pytest.approx(0.6)
 
 
-def test_streamed_reconstruction_scores_match_sklearn(kang_log1p):
-    x = kang_log1p
+def test_streamed_reconstruction_scores_match_sklearn(cells_log1p):
+    x = cells_log1p
     pca = PCA(10, random_state=0).fit(x)
     recon = pca.inverse_transform(pca.transform(x))
     acc = RegressionAccumulator(x.shape[1])
@@ -69,9 +69,9 @@ def test_streamed_reconstruction_scores_match_sklearn(kang_log1p):
     assert 0 < r["explained_variance_weighted"] < 1
 
 
-def test_correlations_match_scipy_on_protein_counts(shared_data):
-    a = ad.read_h5ad(shared_data / "h5ad" / "pbmc10k_cite_totalvi.h5ad")
-    p = np.log1p(np.asarray(a.obsm["protein_counts"], dtype=np.float64)[:800])
+def test_correlations_match_scipy_on_protein_counts(synth_cells):
+    a = with_proteins(synth_cells[:800])
+    p = np.log1p(np.asarray(a.obsm["protein_counts"], dtype=np.float64))
     rng = np.random.default_rng(1)
     pred = p + rng.normal(0, 0.7, p.shape)
     s = correlation_scores(p, pred)

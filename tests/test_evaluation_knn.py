@@ -1,9 +1,10 @@
-"""kNN on real embeddings (kang PBMCs, log1p then PCA) against scikit-learn's brute force."""
+"""kNN on embeddings of synthetic census cells (log1p then PCA) against scikit-learn's brute
+force."""
 
 from __future__ import annotations
 
-import anndata as ad
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.decomposition import PCA
@@ -13,19 +14,21 @@ from ssl_census.evaluation.knn import knn_classify, majority_vote, nearest_neigh
 
 
 @pytest.fixture(scope="module")
-def kang_embedding(shared_data):
-    a = ad.read_h5ad(shared_data / "h5ad" / "kang_ctrl_muscat_se.h5ad")
+def embedding(synth_cells):
+    """8,000 cells in 16 principal components; the cells of a fifth of the tech_samples (donors
+    of a dataset) are the queries."""
+    a = synth_cells[:8000]
     x = a.X.toarray()
     x = np.log1p(x / x.sum(1, keepdims=True) * 1e4)
     z = PCA(16, random_state=0).fit_transform(x).astype(np.float32)
-    labels = a.obs["cell_type"].cat.codes.to_numpy()
-    donor = a.obs["donor"].astype(str).to_numpy()
-    test = np.isin(donor, np.unique(donor)[:2])
+    labels = pd.Categorical(a.obs["cell_type"]).codes
+    samples = a.obs["tech_sample"].to_numpy()
+    test = np.isin(samples, np.unique(samples)[::5])
     return z[~test], labels[~test], z[test], labels[test]
 
 
-def test_neighbours_match_sklearn_brute_force_across_chunks(kang_embedding):
-    ref, _, query, _ = kang_embedding
+def test_neighbours_match_sklearn_brute_force_across_chunks(embedding):
+    ref, _, query, _ = embedding
     # chunks far smaller than the data, so the running top-k merge is exercised
     nb = nearest_neighbours(ref, query, k=5, query_chunk=333, reference_chunk=1000,
                             dtype=torch.float64, show_progress=False)
@@ -37,8 +40,8 @@ def test_neighbours_match_sklearn_brute_force_across_chunks(kang_embedding):
     assert (np.sort(nb.index, 1) == np.sort(idx, 1)).all(1).mean() > 0.999
 
 
-def test_predictions_match_sklearn_where_the_vote_is_not_tied(kang_embedding):
-    ref, ref_y, query, query_y = kang_embedding
+def test_predictions_match_sklearn_where_the_vote_is_not_tied(embedding):
+    ref, ref_y, query, query_y = embedding
     pred = knn_classify(ref, ref_y, query, k=5, query_chunk=512, reference_chunk=2048,
                         show_progress=False)
     sk = KNeighborsClassifier(5, algorithm="brute").fit(ref, ref_y).predict(query)
@@ -47,7 +50,8 @@ def test_predictions_match_sklearn_where_the_vote_is_not_tied(kang_embedding):
     untied = (counts == counts.max(1, keepdims=True)).sum(1) == 1
     assert untied.mean() > 0.8
     assert (pred[untied] == sk[untied]).mean() > 0.999
-    assert (pred == query_y).mean() > 0.8  # held-out donors are classified well by PCA+kNN
+    # held-out donors are classified by PCA + kNN far above chance (16 types, some related)
+    assert (pred == query_y).mean() > 0.5
 
 
 def test_tied_vote_goes_to_the_nearest_label():

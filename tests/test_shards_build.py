@@ -1,4 +1,6 @@
-"""The shard build on the real local census (../shared/data studies in census layout)."""
+"""The shard build on the real local census (../shared/data studies in census layout) where
+the stored cells are checked against their studies, and on the synthetic census where only the
+build's handling of its output folder and of bad input is."""
 
 from __future__ import annotations
 
@@ -148,6 +150,13 @@ def _build(out, census_uri, shared_data, **kw):
     return build_shards(out, config, census_uri=census_uri, gene_list=gene_list, **kw)
 
 
+def _synth_build(out, synth_census_uri, synth_shards_dir, **kw):
+    """A build of the synthetic census with synth_shards_dir's config and gene list."""
+    config = load_shards_config(kw.pop("config", "synthetic"))
+    gene_list = kw.pop("gene_list", str(synth_shards_dir.parent / "genes.txt"))
+    return build_shards(out, config, census_uri=synth_census_uri, gene_list=gene_list, **kw)
+
+
 def _same_bytes(a: Path, b: Path) -> None:
     ma, mb = (json.loads((p / MANIFEST).read_text()) for p in (a, b))
     assert ma["splits"] == mb["splits"]
@@ -207,33 +216,33 @@ def test_failed_merge_resumes_without_redoing_finished_work(real_shards_dir, rea
     assert cache.is_dir()  # a shared cache outlives the build
 
 
-def test_rerun_of_a_complete_build_does_nothing(real_shards_dir, real_census_uri, shared_data):
-    before = (real_shards_dir / MANIFEST).read_bytes()
-    report = _build(real_shards_dir, real_census_uri, shared_data)
+def test_rerun_of_a_complete_build_does_nothing(synth_shards_dir, synth_census_uri):
+    before = (synth_shards_dir / MANIFEST).read_bytes()
+    report = _synth_build(synth_shards_dir, synth_census_uri, synth_shards_dir)
     assert report.parts_total == 0
-    assert (real_shards_dir / MANIFEST).read_bytes() == before
+    assert (synth_shards_dir / MANIFEST).read_bytes() == before
 
 
-def test_out_dir_holding_another_build_is_refused(real_shards_dir, real_census_uri, shared_data,
-                                                  tmp_path):
+def test_out_dir_holding_another_build_is_refused(synth_shards_dir, synth_census_uri, tmp_path):
     other = tmp_path / "other.toml"
-    text = (CONFIG_ROOT / "shards" / "local-pbmc.toml").read_text()
-    other.write_text(text.replace("min_cells = 20", "min_cells = 21"))
-    before = (real_shards_dir / MANIFEST).read_bytes()
+    text = (CONFIG_ROOT / "shards" / "synthetic.toml").read_text()
+    assert "min_cells = 50 " in text
+    other.write_text(text.replace("min_cells = 50 ", "min_cells = 51 "))
+    before = (synth_shards_dir / MANIFEST).read_bytes()
     with pytest.raises(UserError, match="another shard store"):
-        _build(real_shards_dir, real_census_uri, shared_data, config=str(other))
-    assert (real_shards_dir / MANIFEST).read_bytes() == before
+        _synth_build(synth_shards_dir, synth_census_uri, synth_shards_dir, config=str(other))
+    assert (synth_shards_dir / MANIFEST).read_bytes() == before
     tiny = tmp_path / "tiny"  # a store made by write_store_from_arrays has no build_id
     var = pd.DataFrame({"feature_id": ["E1", "E2"], "feature_name": ["A", "B"]})
     obs = pd.DataFrame({"cell_type": ["B cell"], "cell_type_ontology_term_id": ["CL:0000236"]})
     write_store_from_arrays(tiny, var, {"train": (sp.csr_matrix(np.array([[1, 2]])), obs)})
     with pytest.raises(UserError, match="another shard store"):
-        _build(tiny, real_census_uri, shared_data)
+        _synth_build(tiny, synth_census_uri, synth_shards_dir)
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="not empty"):
-        _build(stranger, real_census_uri, shared_data)
+        _synth_build(stranger, synth_census_uri, synth_shards_dir)
 
 
 def test_replace_rebuilds_an_out_dir_holding_another_build(real_shards_dir, real_census_uri,
@@ -261,27 +270,29 @@ def test_replace_rebuilds_an_out_dir_holding_another_build(real_shards_dir, real
     assert (stranger / "notes.txt").read_text() == "mine"
 
 
-def test_bad_input_gives_one_line_errors_and_no_store(real_census_uri, shared_data, tmp_path):
+def test_bad_input_gives_one_line_errors_and_no_store(synth_census_uri, synth_shards_dir,
+                                                     tmp_path):
     nothing = tmp_path / "nothing.toml"
     nothing.write_text('[query]\nassays = ["Smart-seq9"]\n')
     with pytest.raises(UserError, match="selects no"):
-        _build(tmp_path / "a", real_census_uri, shared_data, config=str(nothing))
+        _synth_build(tmp_path / "a", synth_census_uri, synth_shards_dir, config=str(nothing))
     genes = tmp_path / "genes.txt"
-    genes.write_text("CD3E\nMS4A1\nNOTAGENE\n")
+    known = open_shards(synth_shards_dir).var["feature_name"].astype(str).tolist()[:2]
+    genes.write_text("\n".join([*known, "NOTAGENE"]) + "\n")
     with pytest.raises(UserError, match="matches only 2"):
-        _build(tmp_path / "b", real_census_uri, shared_data, gene_list=str(genes))
+        _synth_build(tmp_path / "b", synth_census_uri, synth_shards_dir, gene_list=str(genes))
     for d in ("a", "b"):  # refused before anything was written
         assert not (tmp_path / d).exists()
 
 
-def test_disk_space_problems_are_user_errors(real_census_uri, shared_data, tmp_path,
+def test_disk_space_problems_are_user_errors(synth_census_uri, synth_shards_dir, tmp_path,
                                              monkeypatch):
     class Tiny:
         free = 1 << 20
 
     monkeypatch.setattr(build_module.shutil, "disk_usage", lambda _p: Tiny)
     with pytest.raises(UserError, match="not enough free disk space"):
-        _build(tmp_path / "a", real_census_uri, shared_data)
+        _synth_build(tmp_path / "a", synth_census_uri, synth_shards_dir)
     monkeypatch.undo()
 
     def full(_task):
@@ -289,11 +300,11 @@ def test_disk_space_problems_are_user_errors(real_census_uri, shared_data, tmp_p
 
     monkeypatch.setattr(parts, "write_part", full)
     with pytest.raises(UserError, match="no space left"):
-        _build(tmp_path / "b", real_census_uri, shared_data, workers=1)
+        _synth_build(tmp_path / "b", synth_census_uri, synth_shards_dir, workers=1)
     assert not (tmp_path / "b" / MANIFEST).exists()
 
 
-def test_cli_verify_fails_on_a_flipped_byte(real_shards_dir, tmp_path):
+def test_cli_verify_fails_on_a_flipped_byte(synth_shards_dir, tmp_path):
     import shutil
 
     from click.testing import CliRunner
@@ -301,7 +312,7 @@ def test_cli_verify_fails_on_a_flipped_byte(real_shards_dir, tmp_path):
     from ssl_census.cli import main
 
     bad = tmp_path / "bad"
-    shutil.copytree(real_shards_dir, bad)
+    shutil.copytree(synth_shards_dir, bad)
     f = next(p for p in (bad / "val" / "X.zarr" / "data").rglob("*")
              if p.is_file() and p.name != "zarr.json")
     raw = bytearray(f.read_bytes())

@@ -1,4 +1,4 @@
-"""Shard-build pieces that need no census: split rule, shuffle, values, store I/O, verify."""
+"""Shard-build pieces that need no census build: split rule, shuffle, values, store I/O, verify."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
+from synth_support import store_var
 
 from ssl_census.core.errors import UserError
 from ssl_census.core.ontology import NATIVE_CELL, load_cell_ontology
@@ -22,14 +23,10 @@ from ssl_census.shards.values import normalise
 from ssl_census.shards.verify import verify_shards
 
 
-def _real_counts(shared_data, n_cells=400):
-    import anndata as ad
-
-    a = ad.read_h5ad(shared_data / "h5ad" / "zheng_sorted_mudan.h5ad", backed="r")
-    m = sp.csr_matrix(a.X[:n_cells])
-    names = a.var_names.astype(str)
-    labels = a.obs["cell_type"].astype(str).to_numpy()[:n_cells]
-    return m, names, labels
+def _counts(cells, n_cells=400):
+    """Raw counts of the first ``n_cells`` synthetic census cells and their cell types."""
+    a = cells[:n_cells]
+    return sp.csr_matrix(a.X), a.obs["cell_type"].astype(str).to_numpy()
 
 
 def test_split_of_a_tech_sample_ignores_the_others():
@@ -67,8 +64,8 @@ def test_shuffle_order_is_a_seeded_permutation_independent_of_subsets():
     np.testing.assert_array_equal(alone, in_whole)
 
 
-def test_normalise_matches_reference_on_real_counts(shared_data):
-    m, _, _ = _real_counts(shared_data)
+def test_normalise_matches_reference_on_census_counts(synth_cells):
+    m, _ = _counts(synth_cells)
     m = m[np.diff(m.indptr) > 0]
     data, lib = normalise(m.indptr, m.data)
     np.testing.assert_array_equal(lib, np.asarray(m.sum(axis=1)).ravel().astype(np.int64))
@@ -170,18 +167,21 @@ def test_parse_bytes():
 
 
 @pytest.fixture(scope="module")
-def small_store(shared_data, tmp_path_factory):
-    m, names, labels = _real_counts(shared_data)
+def small_store(synth_cells, tmp_path_factory):
+    m, labels = _counts(synth_cells)
     keep = np.diff(m.indptr) > 0
     m, labels = m[keep], labels[keep]
-    var = pd.DataFrame({"feature_id": names, "feature_name": names})
-    term = {"bcells": "CL:0000236", "nk": "CL:0000623", "monocytes": "CL:0001054"}
+    var = store_var(synth_cells)
+    terms = dict(zip(synth_cells.obs["cell_type"], synth_cells.obs["cell_type_ontology_term_id"],
+                     strict=True))
+    unlabelled = pd.Series(labels).value_counts().index[-3:]  # the rarest types lose labels
     obs = pd.DataFrame({"cell_type": labels,
-                        "cell_type_ontology_term_id": [term.get(x, "unknown") for x in labels]})
-    obs.loc[obs["cell_type_ontology_term_id"] == "unknown", "cell_type"] = "unknown"
+                        "cell_type_ontology_term_id": [terms[x] for x in labels]})
+    obs.loc[obs["cell_type"].isin(unlabelled), ["cell_type", "cell_type_ontology_term_id"]] = \
+        "unknown"
     obs["donor_id"] = np.where(np.arange(len(obs)) < 300, "d1", "d2")
-    obs["dataset_id"] = "zheng"
-    obs["tech_sample"] = "zheng/" + obs["donor_id"]
+    obs["dataset_id"] = "synth"
+    obs["tech_sample"] = "synth/" + obs["donor_id"]
     out = tmp_path_factory.mktemp("small") / "store"
     write_store_from_arrays(out, var, {"train": (m[:300], obs[:300]), "test": (m[300:], obs[300:])})
     return out, m
@@ -225,7 +225,7 @@ def test_verify_catches_mislabelled_and_leaking_donors(small_store, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(small_store[0], out)
     obs = read_parquet(out / "test" / "obs.parquet")
-    obs["tech_sample"] = "zheng/d1"  # now also in train
+    obs["tech_sample"] = "synth/d1"  # now also in train
     write_parquet(out / "test" / "obs.parquet", tidy_obs(obs))
     manifest = json.loads((out / "manifest.json").read_text())
     from ssl_census.core.store import tree_checksum
@@ -234,7 +234,7 @@ def test_verify_catches_mislabelled_and_leaking_donors(small_store, tmp_path):
         out / "test" / "obs.parquet")
     (out / "manifest.json").write_text(json.dumps(manifest))
     report = verify_shards(out)
-    assert any("zheng/d1" in p and "both" in p for p in report.problems), report.problems
+    assert any("synth/d1" in p and "both" in p for p in report.problems), report.problems
 
 
 def test_open_refuses_incomplete_and_foreign_dirs(small_store, tmp_path):
