@@ -157,18 +157,32 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def sample_nnz_per_cell(census: Any, obs: pd.DataFrame, gene_joinids: np.ndarray) -> float:
-    """Mean non-zeros per cell over the gene space, from the first cells of a few datasets
-    spread over the census (a read of a few thousand cells)."""
-    datasets = obs["dataset_id"].astype(str).unique()
-    picks = datasets[np.linspace(0, len(datasets) - 1, min(SAMPLE_DATASETS, len(datasets)))
-                     .astype(int)]
-    cells = nnz = 0
-    for d in picks:
-        ids = obs["soma_joinid"].to_numpy()[(obs["dataset_id"] == d).to_numpy()][:SAMPLE_CELLS]
-        for _, m in source.iter_raw_blocks(census, ids, gene_joinids, SAMPLE_CELLS):
-            cells, nnz = cells + m.shape[0], nnz + m.nnz
-    return nnz / max(cells, 1)
+@dataclass(frozen=True)
+class DensitySample:
+    """Non-zeros per cell over the gene space, from the first cells of a few datasets."""
+
+    mean: float  # over all sampled cells: the disk check
+    densest: float  # the densest sampled dataset's mean: the size of parts
+
+    @classmethod
+    def of(cls, census: Any, obs: pd.DataFrame, gene_joinids: np.ndarray) -> DensitySample:
+        """Read up to SAMPLE_CELLS cells of SAMPLE_DATASETS datasets spread over the census."""
+        if obs.empty:
+            return cls(0.0, 0.0)
+        datasets = obs["dataset_id"].astype(str).unique()
+        picks = datasets[np.linspace(0, len(datasets) - 1,
+                                     min(SAMPLE_DATASETS, len(datasets))).astype(int)]
+        cells = nnz = 0
+        densest = 0.0
+        for d in picks:
+            ids = obs["soma_joinid"].to_numpy()[(obs["dataset_id"] == d).to_numpy()]
+            d_cells = d_nnz = 0
+            for _, m in source.iter_raw_blocks(census, ids[:SAMPLE_CELLS], gene_joinids,
+                                               SAMPLE_CELLS):
+                d_cells, d_nnz = d_cells + m.shape[0], d_nnz + m.nnz
+            cells, nnz = cells + d_cells, nnz + d_nnz
+            densest = max(densest, d_nnz / max(d_cells, 1))
+        return cls(nnz / max(cells, 1), densest)
 
 
 def check_free_space(out: Path, n_cells: int, nnz_per_cell: float) -> None:
@@ -284,8 +298,7 @@ def build_shards(
         obs = source.read_eligible_obs(census, config.query.value_filter())
         obs = select_datasets(obs, source.read_datasets(census), config.query.include_datasets,
                               config.query.exclude_datasets)
-        nnz_per_cell = (sample_nnz_per_cell(census, obs, space.var["soma_joinid"].to_numpy())
-                        if not obs.empty else 0.0)
+        density = DensitySample.of(census, obs, space.var["soma_joinid"].to_numpy())
         phases["obs"] = time.perf_counter() - t0
     if obs.empty:
         raise UserError(f"the filter `{config.query.value_filter()}` selects no census cells",
@@ -297,7 +310,7 @@ def build_shards(
     if types.kept.empty and not config.curation.keep_unlabelled:
         raise UserError("no cell type passes the curation thresholds",
                         "lower the thresholds in [curation] or set keep_unlabelled = true")
-    check_free_space(out, len(obs), nnz_per_cell)
+    check_free_space(out, len(obs), density.mean)
     claim_out_dir(out, build_id, {"census": spec.identity(), "config": config.name})
 
     part_root = Path(parts_dir) if parts_dir else out / PARTS_DIR
@@ -305,7 +318,8 @@ def build_shards(
     # the main process holds the eligible obs twice while the tasks take their slices
     main_bytes = parts.PROCESS_BASELINE + 2 * int(obs.memory_usage(deep=True).sum())
     tasks = plan_parts(obs, fingerprints, space, config, spec, part_root,
-                       parts.cells_per_part(memory_budget, workers, main_bytes))
+                       parts.cells_per_part(memory_budget, workers, main_bytes,
+                                              density.densest))
     del obs
     reuse = dataset_reuse(tasks)
     t1 = time.perf_counter()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,12 +77,16 @@ class ShardsConfig:
 
 def load_shards_config(path: str | Path) -> ShardsConfig:
     """Read a shards config: a TOML path or a preset name under configs/shards/."""
-    raw = load_toml(path, kind="shards")
+    return parse_shards_config(load_toml(path, kind="shards"), Path(path).stem)
+
+
+def parse_shards_config(raw: Mapping[str, Any], default_name: str = "custom") -> ShardsConfig:
+    """A shards config from its TOML tables (unknown keys refused)."""
     sections = {"query": QueryConfig, "curation": CurationConfig, "genes": GenesConfig,
                 "split": SplitConfig}
     check_keys(raw, (*sections, "name", "shuffle_seed"), "the shards config")
     cfg = ShardsConfig(
-        name=str(raw.get("name", Path(path).stem)),
+        name=str(raw.get("name", default_name)),
         shuffle_seed=int(raw.get("shuffle_seed", 0)),
         **{k: section(cls, raw.get(k, {}), f"[{k}] of the shards config")
            for k, cls in sections.items()},
