@@ -72,7 +72,8 @@ def build_store(out: str, uri: str, n_cells: int, workers: int,
                           memory_budget=memory_budget, gene_list=_gene_list(uri))
     return {"seconds": report.seconds, "cells_read": report.cells_read,
             "phases": report.phase_seconds, "parts": report.parts_total,
-            "parts_bytes": report.parts_bytes, "peak_rss_main_bytes": report.peak_rss_bytes}
+            "parts_bytes": report.parts_bytes, "peak_rss_main_bytes": report.peak_rss_bytes,
+            "phase_peak_rss_main_bytes": report.phase_peak_rss_bytes}
 
 
 def verify_store(out: str) -> dict[str, Any]:

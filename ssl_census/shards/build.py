@@ -84,6 +84,8 @@ class BuildReport:
     # per dataset_id: parts planned, parts found finished in the parts directory, cells read
     datasets: dict[str, dict[str, int]] = field(default_factory=dict)
     parts_bytes: int = 0  # the parts on disk after phase 1: the build's peak scratch space
+    # the main process's peak RSS at the end of each phase (cumulative: where the peak rises)
+    phase_peak_rss_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -169,7 +171,7 @@ class DensitySample:
         """Read up to SAMPLE_CELLS cells of SAMPLE_DATASETS datasets spread over the census."""
         if obs.empty:
             return cls(0.0, 0.0)
-        datasets = obs["dataset_id"].astype(str).unique()
+        datasets = np.asarray(obs["dataset_id"].unique()).astype(str)  # not a string per cell
         picks = datasets[np.linspace(0, len(datasets) - 1,
                                      min(SAMPLE_DATASETS, len(datasets))).astype(int)]
         cells = nnz = 0
@@ -283,6 +285,7 @@ def build_shards(
     spec = CensusSpec(version=None if census_uri else (census_version or "2023-05-15"),
                       uri=census_uri)
     phases: dict[str, float] = {}
+    peaks: dict[str, int] = {}
     with _disk_errors(out), spec.open() as census:
         summary = source.read_summary(census)
         var = source.read_var(census)
@@ -300,10 +303,11 @@ def build_shards(
                               config.query.exclude_datasets)
         density = DensitySample.of(census, obs, space.var["soma_joinid"].to_numpy())
         phases["obs"] = time.perf_counter() - t0
+        peaks["obs"] = _peak_rss()[0]
     if obs.empty:
         raise UserError(f"the filter `{config.query.value_filter()}` selects no census cells",
                         "check the census and the [query] section of the config")
-    obs["tech_sample"] = tech_sample(obs["dataset_id"], obs["donor_id"]).astype("category")
+    obs["tech_sample"] = tech_sample(obs["dataset_id"], obs["donor_id"])
     obs["split"] = assign_splits(obs["tech_sample"], config.split)
     obs["position"] = dataset_positions(obs)
     types = curate_cell_types(obs, ontology, config.curation)
@@ -323,9 +327,11 @@ def build_shards(
     del obs
     reuse = dataset_reuse(tasks)
     t1 = time.perf_counter()
+    peaks["plan"] = _peak_rss()[0]  # curation, split and part tasks
     with _disk_errors(out):
         built, cells_read = run_parts(tasks, workers)
         phases["parts"] = time.perf_counter() - t1
+        peaks["parts"] = _peak_rss()[0]
         part_dirs = [t.directory for t in tasks]
         part_ids = [parts.PartIds.of(t) for t in tasks]
         parts_bytes = sum(directory_bytes(d) for d in part_dirs)
@@ -343,6 +349,7 @@ def build_shards(
             if private_parts:  # nobody else reads them: free the scratch space split by split
                 parts.remove_split_files(part_dirs, s)
         phases["merge"] = time.perf_counter() - t2
+        peaks["merge"] = _peak_rss()[0]
         write_tables(out, space.var, labels)
         dropped = sum(parts.read_summary(d)["dropped_empty"] for d in part_dirs)
         manifest = finish_store(out, _manifest(build_id, spec, summary, config, space,
@@ -350,7 +357,8 @@ def build_shards(
     _clean_up(out, parts_dir is None and not keep_parts)
     own, children = _peak_rss()
     return BuildReport(out, manifest, len(tasks), built, cells_read,
-                       time.perf_counter() - t0, phases, own, children, reuse, parts_bytes)
+                       time.perf_counter() - t0, phases, own, children, reuse, parts_bytes,
+                       peaks)
 
 
 def dataset_reuse(tasks: list[parts.PartTask]) -> dict[str, dict[str, int]]:
