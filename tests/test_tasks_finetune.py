@@ -149,6 +149,33 @@ def test_shallow_integration_moves_only_the_last_encoder_layer(work):
     assert any(m["split"] == "val" and "mse_log1p" in m for m in metrics)
 
 
+def test_reconstruction_decoder_starts_from_the_pretrained_decoder(work):
+    """Fine-tuning keeps what pre-training learnt in the decoder, not only in the encoder."""
+    pre = RunDir(work["pre"])
+    pre_model = pre.load("best" if (pre.checkpoints / "best.pt").is_file() else "last")["model"]
+    for name, extra in (("recon0", []), ("integ0", ["--batch-key", "donor_id"])):
+        out = work["root"] / name
+        task = "integration" if extra else "reconstruction"
+        _ok(["finetune", "--task", task, "--shards", work["shards"], "--init", work["pre"],
+             "--out", out, "--max-steps", "2", "--lr", "0", *extra, *SMALL])
+        copied = RunDir(out).card["decoder_from_pretrained"]
+        model = RunDir(out).load("last")["model"]
+        linears = sorted({k.rsplit(".", 1)[0] for k in pre_model if k.startswith("decoder.")},
+                         key=lambda k: int(k.split(".")[-1]))
+        hidden, output = linears[:-1], linears[-1]
+        assert copied == [f"{k.removeprefix('decoder.')}.{t}" for k in hidden
+                          for t in ("weight", "bias")]
+        for layer in hidden:
+            w, w0 = model[f"{layer}.weight"], pre_model[f"{layer}.weight"]
+            assert torch.equal(w[:, : w0.shape[1]], w0)  # batch columns (integration) fresh
+            assert torch.equal(model[f"{layer}.bias"], pre_model[f"{layer}.bias"])
+        assert not torch.equal(model[f"{output}.weight"], pre_model[f"{output}.weight"])
+    scratch = work["root"] / "recon-random"
+    _ok(["finetune", "--task", "reconstruction", "--shards", work["shards"], "--init",
+         "random", "--out", scratch, "--max-steps", "1", *SMALL])
+    assert RunDir(scratch).card["decoder_from_pretrained"] == []
+
+
 def test_reconstruction_is_scored_with_explained_variance(work):
     out = work["root"] / "recon"
     _ok(["finetune", "--task", "reconstruction", "--shards", work["shards"], "--init",
