@@ -159,9 +159,18 @@ def prediction_scores(y: np.ndarray, pred: np.ndarray, descendants: np.ndarray,
     return out
 
 
-def _label_context(store: ShardStore) -> tuple[np.ndarray, dict[int, int]]:
-    labels = store.labels.sort_values("cell_type_code")
-    onto = load_cell_ontology()
+def store_cl_release(store: ShardStore) -> str | None:
+    """The CL release a store was curated with (its manifest), None for a store that does
+    not say (written by hand): the pinned release then."""
+    return store.manifest.get("thresholds", {}).get("cl_release")
+
+
+def _label_context(labels: pd.DataFrame, cl_release: str | None
+                   ) -> tuple[np.ndarray, dict[int, int]]:
+    """The descendant matrix of a label table's types (in the store's CL release) and the
+    training abundance of each code."""
+    labels = labels.sort_values("cell_type_code")
+    onto = load_cell_ontology(cl_release)
     descendants = descendant_matrix(labels["cell_type_ontology_term_id"].astype(str).tolist(),
                                     onto.is_descendant)
     abundance = dict(zip(labels["cell_type_code"].astype(int), labels["n_train"].astype(int),
@@ -223,7 +232,7 @@ def evaluate_shards(run_dir: Path, shards: Path, opts: EvalOptions) -> Evaluatio
     val_y = val_obs["cell_type_code"].to_numpy().astype(np.int64)
     test_y = test_obs["cell_type_code"].to_numpy().astype(np.int64)
     groups = test_obs["dataset_id"].astype(str).to_numpy()
-    descendants, abundance = _label_context(store)
+    descendants, abundance = _label_context(store.labels, store_cl_release(store))
     code_name = dict(zip(store.labels["cell_type_code"], store.labels["cell_type"], strict=True))
     embedded = _embed_store(encoders, store, opts)
     ref, query = val_y >= 0, test_y >= 0
