@@ -19,6 +19,7 @@ Layout under the work directory (``<R>`` = ``runs/<config name>``)::
     <R>/seed<S>/celltype/{supervised,<method>}        finetune --task celltype on kang
         evaluation/kang.json                           evaluate on kang's held-out donors
         evaluation/unseen.json                         evaluate on the stimulated cells (h5ad)
+                                                       against kang's validation cells
     <R>/seed<S>/cross_modality/{random,<method>}      finetune --task cross_modality
     <R>/seed<S>/integration/{unsupervised,<m>,<m>-shallow}   finetune --task integration
     <R>/seed<S>/integration/scores-<dataset>.json     scIB of those runs and PCA, in one
@@ -213,10 +214,14 @@ class Experiment:
                 Step("evaluation", f"evaluate {name} seed {seed} (kang)",
                      run.path / "evaluation" / "kang.json", {**common, "shards": self._id(kang)},
                      lambda run=run: evaluate_shards(run.path, kang, options)),
+                # the paper's unseen-data protocol: the stimulated cells against kang's
+                # validation (control) cells, not against one another
                 Step("evaluation", f"evaluate {name} seed {seed} (unseen)",
                      run.path / "evaluation" / "unseen.json",
-                     {**common, "h5ad": self._id(h5ad), "label_key": label_key},
-                     lambda run=run: evaluate_h5ad(run.path, h5ad, label_key, options)),
+                     {**common, "h5ad": self._id(h5ad), "label_key": label_key,
+                      "reference": self._id(kang)},
+                     lambda run=run: evaluate_h5ad(run.path, h5ad, label_key, options,
+                                                   reference=kang)),
             ]
         return [*runs.values(), *evals]
 
