@@ -204,3 +204,34 @@ def test_values_file_holds_every_value_of_the_tables(tmp_path):
         assert r["table"] == "kang" and r["seed"] == "0"
         assert float(r["value"]) == transfer.rows[r["row"]].by_seed(r["metric"])[0]
         assert (work / r["report"]).is_file() and not Path(r["report"]).is_absolute()
+
+
+def test_a_variant_runs_its_method_with_other_options_and_gets_its_own_finding(tmp_path):
+    from ssl_census.reproduce.runs import Experiment, Inputs
+
+    conf = load_reproduce_config("paper")
+    variant = conf.variants["random_mask_unscaled"]
+    assert variant.method == "random_mask" and variant.options == {"rescale": False}
+    stores = {n: tmp_path / n for n in ("auxiliary", "kang", "integration")}
+    inputs = Inputs(stores=stores, unseen=(tmp_path / "unseen.h5ad", "cell_type"),
+                    integration={}, data_dir=tmp_path)
+    experiment = Experiment(conf, tmp_path, inputs)
+    experiment._id = str  # no data here: planning only
+    pre = experiment.pretrain(0, "random_mask_unscaled")
+    assert pre.path.name == "random_mask_unscaled"
+    assert pre.inputs["config"]["method"] == "random_mask"
+    assert pre.inputs["config"]["options"]["rescale"] is False
+    assert experiment.pretrain(0, "random_mask").inputs["config"]["options"]["rescale"] is True
+    steps = experiment.steps("transfer", 0)
+    names = {s.what for s in steps}
+    assert "finetune celltype random_mask_unscaled seed 0" in names
+    unseen = next(s for s in steps if s.what == "evaluate random_mask seed 0 (unseen)")
+    assert unseen.inputs["reference"] == str(stores["kang"])  # against kang's val cells
+    transfer = _transfer_table((*conf.methods, "random_mask_unscaled"),
+                               lambda name, seed: 0.5 + 0.01 * seed)
+    found = paper_findings(conf.methods, transfer, Table("u", CLASSIFICATION_METRICS),
+                           Table("c", ("Pearson",)), {}, (), (), conf.variants)
+    mine = [f for f in found if f.claim == variant.claim]
+    assert len(mine) == 1 and {c.worse for c in mine[0].comparisons} == {
+        row_name(zero_shot("random_mask_unscaled"), KNN),
+        row_name(fine_tuned("random_mask_unscaled"), CLASSIFIER)}

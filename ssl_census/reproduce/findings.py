@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from scipy import stats
 
 from ssl_census.evaluation.report import PCA_NAME
+from ssl_census.reproduce.config import Variant
 from ssl_census.reproduce.results import (
     CLASSIFIER,
     KNN,
@@ -210,8 +211,10 @@ def _rows(table, names: list[str]) -> list[Row]:
 
 def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integration: dict,
                    integration_methods: tuple[str, ...],
-                   cross_methods: tuple[str, ...]) -> list[Finding]:
-    """The paper's main findings, each as comparisons on this run's tables."""
+                   cross_methods: tuple[str, ...],
+                   variants: dict[str, Variant] | None = None) -> list[Finding]:
+    """The paper's main findings, each as comparisons on this run's tables; ``variants``
+    (config [variants]) add one finding each: the method against its variant."""
     t, u = transfer.rows, unseen.rows
     out = [
         Finding("Fine-tuning an SSL model pre-trained on auxiliary data beats supervised "
@@ -229,6 +232,8 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
                          MACRO_F1) for m in methods]),
     ]
     out += _method_findings(methods, t)
+    out += [Finding(v.claim, v.paper, _method_against_method(t, [(v.method, v.name)]))
+            for v in (variants or {}).values() if v.method in methods]
     out.append(Finding(
         "SSL pre-training helps on unseen data under distribution shift (IFN-beta "
         "stimulated cells)",

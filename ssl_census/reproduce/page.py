@@ -127,7 +127,8 @@ def write_page(conf: ReproduceConfig, work: Path, page: Path, inputs: Any, censu
         fig[f"integration-{name}"] = figures / f"integration-{name}-total.png"
         bar_figure(table, "Total", fig[f"integration-{name}"], f"scIB total score, {name}")
     found = fnd.paper_findings(conf.methods, transfer, unseen, cross, integration,
-                               conf.integration_methods, conf.cross_modality_methods)
+                               conf.integration_methods, conf.cross_modality_methods,
+                               conf.variants)
     values = figures / VALUES
     values.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(values, res.values_csv([transfer, unseen, cross, *integration.values()],
@@ -163,7 +164,11 @@ def _header(conf: ReproduceConfig, work: Path, page: Path, seeds: list[int], cen
         f"- **Seeds**: {', '.join(map(str, seeds))} configured; the `seeds` column of each "
         "row says how many of them the row's mean and sd are over. Each seed re-runs "
         "pre-training, fine-tuning and the random train/val/test split of the CITE-seq cells.",
-        f"- **Methods**: {', '.join(conf.methods)}.",
+        f"- **Methods**: {', '.join(conf.methods)}."
+        + "".join(f" Variant `{v.name}`: {v.method} with `{_options(v.options)}`, pre-trained, "
+                  "fine-tuned and evaluated like the methods; the method's own rows use its "
+                  "defaults (the paper's code), the variant's rows measure the alternative."
+                  for v in conf.variants.values()),
         "- **Census**: " + (f"`{census}`" if "://" in census else _path(census)) + ", "
         + (f"built from `{conf.census_config}` (configs/census) over the shared data folder "
            f"`{inputs.data_dir}`." if Path(census) == work / "census"
@@ -376,9 +381,17 @@ def _method_notes(conf: ReproduceConfig) -> list[str]:
         "whose key is unchanged and removes and redoes the others, so the page never mixes "
         "two configurations. The keys do not cover the code: after changing it, delete the "
         "work directory (or the runs of the config) to redo everything. The page and figures "
-        "are rewritten from the reports after every phase of every seed.",
+        "are rewritten from the reports after every phase of every seed, and with them "
+        f"`{FIGURES}/{VALUES}`, the values they are made of. `[variants.<name>]` in the config "
+        "runs a method again with other `options` beside the methods (cell types), with a "
+        "finding of its own (`claim`, `paper`).",
         "",
     ]
+
+
+def _options(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}"
+                     for k, v in options.items())
 
 
 def _shown(path: str) -> str:

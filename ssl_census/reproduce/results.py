@@ -150,7 +150,7 @@ def classification_table(conf: ReproduceConfig, work: Path, seeds: list[int], re
         if classifier_scores(sup):
             table.add(row_name(SUPERVISED, CLASSIFIER), seed, sup_path,
                       _f1(classifier_scores(sup)))
-        for method in conf.methods:
+        for method in (*conf.methods, *conf.variants):
             path = runs / method / "evaluation" / f"{report}.json"
             rep = _read(path)
             if rep is None:
