@@ -6,7 +6,8 @@ components fitted out of core on the training split) is computed for the val and
 and each test cell is classified by its k = 5 nearest validation cells. A classifier head
 scores its own predictions too. Every classification is reported plain and hierarchy-aware,
 overall and per dataset. On an h5ad (unseen data): cells are mapped into the run's gene space
-and classified by kNN against the other groups of cells (leave one batch out).
+and classified by kNN against a reference store's validation cells (the paper's protocol), or,
+without a reference, against the other groups of cells of the file (leave one batch out).
 
 Each embedding has a :class:`Role` (the run's own encoder, zero-shot, random init, PCA): a
 report keys its kNN scores by role, so a reader (the results page) finds every row by what it
