@@ -83,7 +83,8 @@ def test_gp_masking_reaches_the_rate_as_a_union_of_overlapping_programmes():
     programmes = overlapping_programmes()
     sampler = ProgrammeSampler(programmes)
     torch.manual_seed(0)
-    hidden = sampler.until_rate(300, 0.4, chunk=128)
+    hidden = sampler.until_rate(300, 0.4)
+    assert sampler.until_rate(300, 0.4, chunk=128).shape == hidden.shape  # in chunks of cells
     # summed sizes would stop early (overlaps counted twice): the union reaches the rate
     assert (hidden.float().mean(1) >= 0.4).all()
     progs = torch.stack([torch.zeros(200, dtype=torch.bool).index_fill_(
