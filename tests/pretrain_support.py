@@ -85,6 +85,9 @@ class TensorLoader:
 
 
 TINY = {"hidden": [128, 32], "dropout": 0.1}
+# besca's signatures cover well under half of these 4,000 genes: GP masking needs a rate they
+# can reach (at the paper's 0.5 it refuses to start)
+GP_MASK_RATE = 0.05
 SMALL_HEADS = {"projector_hidden": 256, "predictor_hidden": 256, "projection_dim": 64}
 
 
@@ -95,6 +98,8 @@ def options_for(method: str, **wanted: Any) -> dict[str, Any]:
     from ssl_census.pretext.options import OPTIONS
 
     known = {f.name for f in fields(OPTIONS[method])}
+    if method == "gp_mask":
+        wanted = {"mask_rate": GP_MASK_RATE, **wanted}
     return {k: v for k, v in wanted.items() if k in known}
 
 

@@ -10,7 +10,7 @@ import pytest
 import scipy.sparse as sp
 
 from ssl_census.core.errors import UserError
-from ssl_census.core.ontology import NATIVE_CELL, load_cell_ontology
+from ssl_census.core.ontology import NATIVE_CELL, PINNED_CL_RELEASE, load_cell_ontology
 from ssl_census.shards import merge
 from ssl_census.shards.commands import parse_bytes
 from ssl_census.shards.config import SplitConfig, load_shards_config
@@ -133,6 +133,8 @@ def test_merge_bytes_do_not_depend_on_workers_or_task_order(synth_census_uri, tm
 
 def test_cell_ontology_offline():
     cl = load_cell_ontology()
+    pinned = load_shards_config("sctab-2023-05-15").curation.cl_release
+    assert cl.release == PINNED_CL_RELEASE == pinned
     assert cl.is_descendant("CL:0000624", NATIVE_CELL)  # via native cell's replacement
     assert cl.is_descendant("CL:0000624", "CL:0000084")  # CD4 ab T cell is a T cell
     assert not cl.is_descendant("CL:0000236", "CL:0000084")  # B cell is not

@@ -41,7 +41,7 @@ from ssl_census import __version__
 from ssl_census.core import atomic
 from ssl_census.core.errors import UserError
 from ssl_census.core.measure import directory_bytes
-from ssl_census.core.ontology import load_cell_ontology
+from ssl_census.core.ontology import load_cell_ontology, ontology_package
 from ssl_census.core.progress import progress
 from ssl_census.shards import merge, parts, source
 from ssl_census.shards.config import ShardsConfig
@@ -421,6 +421,7 @@ def _manifest(build_id: str, spec: CensusSpec, summary: dict[str, str], config: 
                   "include_datasets": list(config.query.include_datasets),
                   "exclude_datasets": list(config.query.exclude_datasets)},
         "thresholds": {**config.curation.__dict__, "cl_release": cl_release},
+        "cell_ontology": {"release": cl_release, "source": ontology_package()},
         "cell_types": {"candidates": int(len(table)), "kept": int(table["kept"].sum())},
         "gene_list": {"sha256": space.sha256, "n_genes": space.n_genes,
                       "n_listed": space.n_listed, "source": Path(space.source).name},

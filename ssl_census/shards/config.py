@@ -9,6 +9,7 @@ from typing import Any
 
 from ssl_census.core.config import check_keys, load_toml, section
 from ssl_census.core.errors import UserError
+from ssl_census.core.ontology import PINNED_CL_RELEASE
 
 TENX_ASSAYS = (
     "10x 5' v2", "10x 3' v3", "10x 3' v2", "10x 5' v1", "10x 3' v1",
@@ -45,7 +46,7 @@ class CurationConfig:
     min_tech_samples: int = 30
     min_ancestors: int = 7
     root: str = "CL:0000003"
-    cl_release: str | None = None
+    cl_release: str | None = PINNED_CL_RELEASE
     keep_unlabelled: bool = False
 
 
