@@ -7,7 +7,12 @@ import numpy as np
 import pytest
 from scipy import stats
 from sklearn.decomposition import PCA
-from sklearn.metrics import explained_variance_score, f1_score, mean_squared_error
+from sklearn.metrics import (
+    classification_report,
+    explained_variance_score,
+    f1_score,
+    mean_squared_error,
+)
 from synth_support import with_proteins
 
 from ssl_census.core.metrics import (
@@ -27,12 +32,16 @@ def cells_log1p(synth_cells):
     return np.log1p(x / x.sum(1, keepdims=True) * 1e4)
 
 
-def test_f1_scores_match_sklearn_and_ignore_absent_classes():
+def test_macro_f1_is_classification_reports_over_true_and_predicted_classes():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 6, 500)
     pred = np.where(rng.random(500) < 0.7, y, rng.integers(0, 8, 500))  # 6, 7 never true
     s = classification_scores(y, pred)
-    assert s["macro_f1"] == pytest.approx(f1_score(y, pred, labels=np.arange(6), average="macro"))
+    report = classification_report(y, pred, output_dict=True, zero_division=0)
+    assert s["macro_f1"] == pytest.approx(report["macro avg"]["f1-score"])
+    # the stray classes 6 and 7 count, with F1 0: below the mean over the true classes
+    assert s["macro_f1"] < f1_score(y, pred, labels=np.arange(6), average="macro")
+    assert s["n_classes"] == 8 and s["n_true_classes"] == 6
     assert s["micro_f1"] == pytest.approx((y == pred).mean())
     rows = per_class_f1(y, pred, abundance={0: 10, 1: 20})
     assert [r["class"] for r in rows] == list(range(6))

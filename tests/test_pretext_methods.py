@@ -3,14 +3,20 @@ that the loss counts the scored genes only."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from pretrain_support import Batch, gene_sets_for, pretrain_store, split_matrix
 
+from ssl_census.core.errors import UserError
+from ssl_census.models.mlp import Decoder, Encoder
 from ssl_census.pretext import build_method
 from ssl_census.pretext.barlow import barlow_loss
 from ssl_census.pretext.base import MaskedAutoencoder
 from ssl_census.pretext.byol import BYOL
+from ssl_census.pretext.gene_programmes import GeneProgrammes
+from ssl_census.pretext.gp_mask import GeneProgrammeMasking
+from ssl_census.pretext.programmes import ProgrammeSampler
 
 TINY = {"hidden": [64, 16], "dropout": 0.1}
 MASKING = ("random_mask", "gp_mask", "gp_to_gp", "gp_to_tf")
@@ -55,6 +61,58 @@ def test_gp_masking_hides_whole_programmes_up_to_the_rate(cells, synth_gene_sets
     assert frac.min() > 0 and frac.max() <= 0.02 + largest
 
 
+def overlapping_programmes(n_genes=200, n_sets=40, size=12, pool=120, seed=0):
+    """Gene sets drawn from the first ``pool`` genes, so they overlap a lot."""
+    rng = np.random.default_rng(seed)
+    genes = [np.sort(rng.choice(pool, size, replace=False)) for _ in range(n_sets)]
+    return GeneProgrammes([f"set{i}" for i in range(n_sets)], genes, n_genes)
+
+
+def test_gp_masking_reaches_the_rate_as_a_union_of_overlapping_programmes():
+    programmes = overlapping_programmes()
+    sampler = ProgrammeSampler(programmes)
+    torch.manual_seed(0)
+    hidden = sampler.until_rate(300, 0.4)
+    assert sampler.until_rate(300, 0.4, chunk=128).shape == hidden.shape  # in chunks of cells
+    # summed sizes would stop early (overlaps counted twice): the union reaches the rate
+    assert (hidden.float().mean(1) >= 0.4).all()
+    progs = torch.stack([torch.zeros(200, dtype=torch.bool).index_fill_(
+        0, torch.from_numpy(g), True) for g in programmes.genes])
+    whole = (progs[None] & ~hidden[:, None]).sum(-1) == 0  # programmes hidden whole
+    assert torch.equal((whole.float() @ progs.float()) > 0, hidden)  # only whole programmes
+    assert (hidden[:, 120:] == 0).all()  # genes in no programme stay visible
+    # a fresh draw per cell, not one fixed mask
+    assert len({tuple(row.nonzero().flatten().tolist()) for row in hidden}) > 250
+
+
+def test_gp_masking_refuses_programmes_that_cannot_reach_the_rate(caplog):
+    programmes = overlapping_programmes()  # cover at most 120 of 200 genes
+    coverage = len(np.unique(np.concatenate(programmes.genes))) / 200
+    encoder, decoder = Encoder(200, (32, 8)), Decoder(200, (32, 8))
+    with pytest.raises(UserError) as e:
+        GeneProgrammeMasking(encoder, decoder, programmes, mask_rate=0.7)
+    assert f"cover {coverage:.1%} of the gene space" in str(e.value)
+    assert "msigdb:c8" in e.value.fix and "accept_lower_rate" in e.value.fix
+    m = GeneProgrammeMasking(encoder, decoder, programmes, mask_rate=0.7, accept_lower_rate=True)
+    assert "every programme is masked" in caplog.text
+    visible, hidden = m.masks(torch.ones(50, 200))
+    assert torch.allclose(hidden.float().mean(1), torch.tensor(coverage))
+    out = m.loss(Batch(torch.rand(50, 200)))
+    assert out["masked_fraction"].item() == pytest.approx(coverage)
+
+
+def test_rescaling_is_an_option_of_the_masking_methods(cells, synth_gene_sets):
+    x = cells[1]
+    for method in ("random_mask", "gp_mask"):
+        plain = make(method, cells, synth_gene_sets, rescale=False)
+        scaled = make(method, cells, synth_gene_sets)
+        visible = torch.rand(x.shape) < 0.7
+        assert torch.equal(plain.masked_input(x, visible), x * visible)
+        mass = scaled.masked_input(x, visible).sum(1)
+        frac = visible.float().mean(1)
+        assert torch.allclose(mass, (x * visible).sum(1) / frac)
+
+
 def test_gp_to_gp_keeps_and_scores_exactly_one_programme(cells, synth_gene_sets):
     m = make("gp_to_gp", cells, synth_gene_sets)
     visible, scored = m.masks(cells[1])
@@ -92,7 +150,10 @@ def test_masked_input_is_zero_and_loss_ignores_unscored_predictions(method, cell
     m.encoder.register_forward_hook(lambda mod, args, out: captured.update(input=args[0]))
     torch.manual_seed(1)
     base = m.loss(Batch(x))["loss"]
-    assert torch.equal(captured["input"], x * seen["visible"])  # hidden genes enter as 0
+    kept = x * seen["visible"]  # hidden genes enter as 0
+    if method in ("random_mask", "gp_mask"):  # visible ones scaled up to the unmasked mass
+        kept = kept / seen["visible"].float().mean(1, keepdim=True)
+    assert torch.allclose(captured["input"], kept)
 
     def shifted(where):
         m.reconstruct = lambda inp, vis: fixed + 3.0 * where

@@ -4,12 +4,14 @@ the stores hold the datasets they were asked for, and a rerun redoes nothing."""
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import re
 from pathlib import Path
 
 import pytest
+from scipy import stats
 
 from ssl_census.core.errors import UserError
 from ssl_census.reproduce.data import digest
@@ -21,12 +23,10 @@ from ssl_census.reproduce.findings import (
     Finding,
     compare,
     in_short,
-    verdict,
 )
-from ssl_census.reproduce.results import Row
+from ssl_census.reproduce.results import MACRO_F1, Row
 
 KANG_CTRL = "Kang et al. 2018 PBMC, control (muscat)"
-LINK = re.compile(r"\[s(\d+)\]\(([^)]+)\)")
 
 
 @pytest.fixture(scope="module")
@@ -67,22 +67,29 @@ def test_page_has_every_table_and_the_findings(smoke) -> None:
     assert (page.parent / "results" / "transfer-macro-f1.png").stat().st_size > 1000
 
 
-def test_every_number_links_to_the_run_report_that_holds_it(smoke) -> None:
+def test_every_number_comes_from_the_committed_values_file(smoke) -> None:
+    """The page links no file of the work directory (not in the repository); its numbers
+    are the values of docs/results/values.csv, each with the run report that holds it."""
     work, page, _, _ = smoke
     text = page.read_text()
+    targets = re.findall(r"\]\(([^)]+)\)", text)
+    assert targets and all(not (page.parent / t).resolve().is_relative_to(work.resolve())
+                           for t in targets)
+    assert "[results/values.csv](results/values.csv)" in text
+    values = list(csv.DictReader((page.parent / "results" / "values.csv").open()))
     rows = [line for line in text.splitlines() if line.startswith("| ") and "±" in line]
-    assert len(rows) >= 12
-    for line in rows:
-        links = LINK.findall(line)
-        assert links, line
-        for _, target in links:
-            path = (page.parent / target).resolve()
-            assert path.is_file() and (work / "runs").resolve() in path.parents, line
+    assert len(rows) >= 12 and len(values) >= len(rows)
     # a value on the page is the value in its report (one seed: mean = the value)
     row = _rows(text, "## 1. Transfer")["fine-tuned random_mask, classifier"]
-    report = json.loads((page.parent / LINK.findall(row)[0][1]).read_text())
     shown = float(row.split("|")[2].split("±")[0])
-    assert shown == pytest.approx(report["classifier"]["plain"]["macro_f1"], abs=5e-4)
+    line = next(v for v in values if v["row"] == "fine-tuned random_mask, classifier"
+                and v["table"] == "Held-out kang donors" and v["metric"] == MACRO_F1)
+    assert shown == pytest.approx(float(line["value"]), abs=5e-4)
+    report = json.loads((work / line["report"]).read_text())
+    assert float(line["value"]) == report["classifier"]["hierarchy_aware"]["macro_f1"]
+    unseen = json.loads((work / next(v["report"] for v in values
+                                     if v["table"] == "Stimulated kang cells")).read_text())
+    assert "validation cells" in unseen["protocol"] and unseen["n_reference"] > 0
 
 
 def test_stores_hold_the_selected_datasets_only(smoke) -> None:
@@ -183,9 +190,9 @@ def test_verdicts_follow_the_paired_differences() -> None:
     assert compare(_row("b", {0: 0.70, 1: 0.71, 2: 0.72}), a, "m").verdict == CONTRADICTED
     noisy = compare(a, _row("c", {0: 0.90, 1: 0.70, 2: 0.80}), "m")
     assert noisy.verdict == UNCLEAR and noisy.n == 3
-    assert verdict(0.5, 0.0, 1) == ONE_SEED
-    # only seeds both rows have are paired
+    # only seeds both rows have are paired; one seed has no uncertainty estimate
     assert compare(a, _row("d", {1: 0.5}), "m").n == 1
+    assert compare(a, _row("d", {1: 0.5}), "m").verdict == ONE_SEED
 
 
 def test_in_short_sorts_findings_by_verdict_and_states_the_uncertainty() -> None:
@@ -199,6 +206,6 @@ def test_in_short_sorts_findings_by_verdict_and_states_the_uncertainty() -> None
     assert "*Hold in every comparison*: A wins." in text
     assert "*Reversed in every comparison*: C wins." in text
     assert "*Mixed or not resolved*: D wins." in text
-    # two standard errors of a paired difference: the widest is D's, 2 * sd / sqrt(3)
-    widest = 2 * noisy.sd / 3 ** 0.5
+    # the half-width of a 95 % t interval (2 degrees of freedom): the widest is D's
+    widest = stats.t.ppf(0.975, 2) * noisy.sd / 3 ** 0.5
     assert f"to {widest:.3f}, on 0-1 scores" in text

@@ -21,6 +21,7 @@ import tiledbsoma as soma
 
 from ssl_census.core.config import CONFIG_ROOT
 from ssl_census.core.errors import UserError
+from ssl_census.core.ontology import PINNED_CL_RELEASE
 from ssl_census.shards import build as build_module
 from ssl_census.shards import merge, parts
 from ssl_census.shards.build import PARTS_DIR, build_shards
@@ -51,6 +52,9 @@ def test_store_is_complete_and_verifies(real_shards_dir):
     assert store.manifest["complete"] is True
     assert store.splits == SPLITS
     assert store.manifest["gene_list"]["n_genes"] == store.n_genes > 15_000
+    onto = store.manifest["cell_ontology"]
+    assert onto["release"] == PINNED_CL_RELEASE == store.manifest["thresholds"]["cl_release"]
+    assert onto["source"].startswith("cellxgene-ontology-guide ")
     from click.testing import CliRunner
 
     from ssl_census.cli import main

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 from synth_support import store_var
 
 from ssl_census.core.errors import UserError
-from ssl_census.core.ontology import NATIVE_CELL, load_cell_ontology
+from ssl_census.core.ontology import NATIVE_CELL, PINNED_CL_RELEASE, load_cell_ontology
 from ssl_census.shards import merge
 from ssl_census.shards.commands import parse_bytes
 from ssl_census.shards.config import SplitConfig, load_shards_config
@@ -130,6 +130,8 @@ def test_merge_bytes_do_not_depend_on_workers_or_task_order(synth_census_uri, tm
 
 def test_cell_ontology_offline():
     cl = load_cell_ontology()
+    pinned = load_shards_config("sctab-2023-05-15").curation.cl_release
+    assert cl.release == PINNED_CL_RELEASE == pinned
     assert cl.is_descendant("CL:0000624", NATIVE_CELL)  # via native cell's replacement
     assert cl.is_descendant("CL:0000624", "CL:0000084")  # CD4 ab T cell is a T cell
     assert not cl.is_descendant("CL:0000236", "CL:0000084")  # B cell is not
@@ -250,3 +252,35 @@ def test_open_refuses_incomplete_and_foreign_dirs(small_store, tmp_path):
     with pytest.raises(UserError, match="incomplete"):
         open_shards(out)
     assert not verify_shards(out).ok
+
+
+def test_obs_read_batch_by_batch_equals_the_whole_read(synth_census_uri):
+    import cellxgene_census
+
+    from ssl_census.shards import source
+
+    flt = "is_primary_data == True"
+    with cellxgene_census.open_soma(uri=synth_census_uri) as census:
+        streamed = source.read_eligible_obs(census, flt)
+        whole = (source.experiment(census).obs.read(value_filter=flt,
+                                                     column_names=list(source.OBS_COLUMNS))
+                 .concat().to_pandas().sort_values("soma_joinid").reset_index(drop=True))
+    assert len(streamed) == len(whole) > 0
+    assert np.all(np.diff(streamed["soma_joinid"].to_numpy()) > 0)
+    for col in source.OBS_COLUMNS[1:]:
+        assert isinstance(streamed[col].dtype, pd.CategoricalDtype)
+        assert list(streamed[col].cat.categories) == sorted(streamed[col].cat.categories)
+        assert streamed[col].astype(str).tolist() == whole[col].astype(str).tolist()
+
+
+def test_parts_are_sized_for_the_densest_sampled_dataset():
+    from ssl_census.shards import parts
+
+    budget, main = 4 * 2**30, 1 * 2**30
+    sparse = parts.cells_per_part(budget, 2, main, densest_nnz_per_cell=200)
+    dense = parts.cells_per_part(budget, 2, main, densest_nnz_per_cell=3000)
+    assert sparse > 10 * dense  # a sparse census is not cut into needlessly many parts
+    # every part of a worker fits its share of the budget at the densest density (+ margin)
+    share = (budget - main) // 2 - parts.PROCESS_BASELINE
+    assert dense * 3000 * parts.BYTES_PER_NNZ <= share
+    assert parts.cells_per_part(budget, 2, budget, 3000) == parts.READ_BLOCK_CELLS

@@ -116,6 +116,40 @@ def test_unseen_h5ad_is_evaluated_five_fold(work, unseen_h5ad):
     assert rep["knn"]["pca"]["plain"]["macro_f1"] > 0.4  # 16 types: chance is about 0.06
 
 
+def test_unseen_h5ad_is_classified_against_the_reference_stores_validation_cells(
+        work, celltype_run, unseen_h5ad, monkeypatch):
+    """The paper's unseen-data protocol: the file's cells are the queries, the store's
+    validation cells the kNN reference, never the file's other cells."""
+    n_query = ad.read_h5ad(unseen_h5ad, backed="r").n_obs
+    from ssl_census.evaluation import report as report_module
+
+    calls = []
+    original = report_module.knn_classify
+
+    def spy(reference, reference_labels, query, **kw):
+        calls.append((len(reference), len(query)))
+        return original(reference, reference_labels, query, **kw)
+
+    monkeypatch.setattr(report_module, "knn_classify", spy)
+    path = work["root"] / "stim.json"
+    _ok(["evaluate", "--run", celltype_run, "--h5ad", unseen_h5ad, "--label-key",
+         "cell_type_ontology_term_id", "--shards",
+         work["shards"], "--json", path, "--no-plots", "--workers", "1", "--batch-size", "2048",
+         "--pca-max-cells", "2048"])
+    rep = json.loads(path.read_text())
+    from ssl_census.shards.store import open_shards
+
+    _, val_obs = open_shards(work["shards"]).split("val")
+    n_val = int((val_obs["cell_type_code"] >= 0).sum())
+    assert rep["n_reference"] == n_val and rep["n_query"] == n_query
+    assert rep["reference"] == str(work["shards"]) and "validation cells" in rep["protocol"]
+    assert calls and all(c == (n_val, n_query) for c in calls)  # every embedding
+    assert set(rep["knn"]) == {"run", "zero_shot", "random_init", "pca"}
+    for scores in [*rep["knn"].values(), rep["classifier"]["scored_on_known_labels"]]:
+        assert scores["hierarchy_aware"]["micro_f1"] >= scores["plain"]["micro_f1"]
+    assert rep["knn"]["pca"]["plain"]["macro_f1"] > 0.4  # 16 types: chance is about 0.06
+
+
 def test_shallow_integration_moves_only_the_last_encoder_layer(work):
     out = work["root"] / "integ"
     _ok(["finetune", "--task", "integration", "--shards", work["shards"], "--init", work["pre"],
@@ -129,6 +163,33 @@ def test_shallow_integration_moves_only_the_last_encoder_layer(work):
     assert not torch.equal(a[linears[-2]], b[linears[-2]])  # last layer's weight moved
     metrics = RunDir(out).metrics()
     assert any(m["split"] == "val" and "mse_log1p" in m for m in metrics)
+
+
+def test_reconstruction_decoder_starts_from_the_pretrained_decoder(work):
+    """Fine-tuning keeps what pre-training learnt in the decoder, not only in the encoder."""
+    pre = RunDir(work["pre"])
+    pre_model = pre.load("best" if (pre.checkpoints / "best.pt").is_file() else "last")["model"]
+    for name, extra in (("recon0", []), ("integ0", ["--batch-key", "donor_id"])):
+        out = work["root"] / name
+        task = "integration" if extra else "reconstruction"
+        _ok(["finetune", "--task", task, "--shards", work["shards"], "--init", work["pre"],
+             "--out", out, "--max-steps", "2", "--lr", "0", *extra, *SMALL])
+        copied = RunDir(out).card["decoder_from_pretrained"]
+        model = RunDir(out).load("last")["model"]
+        linears = sorted({k.rsplit(".", 1)[0] for k in pre_model if k.startswith("decoder.")},
+                         key=lambda k: int(k.split(".")[-1]))
+        hidden, output = linears[:-1], linears[-1]
+        assert copied == [f"{k.removeprefix('decoder.')}.{t}" for k in hidden
+                          for t in ("weight", "bias")]
+        for layer in hidden:
+            w, w0 = model[f"{layer}.weight"], pre_model[f"{layer}.weight"]
+            assert torch.equal(w[:, : w0.shape[1]], w0)  # batch columns (integration) fresh
+            assert torch.equal(model[f"{layer}.bias"], pre_model[f"{layer}.bias"])
+        assert not torch.equal(model[f"{output}.weight"], pre_model[f"{output}.weight"])
+    scratch = work["root"] / "recon-random"
+    _ok(["finetune", "--task", "reconstruction", "--shards", work["shards"], "--init",
+         "random", "--out", scratch, "--max-steps", "1", *SMALL])
+    assert RunDir(scratch).card["decoder_from_pretrained"] == []
 
 
 def test_reconstruction_is_scored_with_explained_variance(work):

@@ -7,7 +7,7 @@ At ``FULL_CELLS`` (22.2 million cells) the census has, like the real build:
   brain, lung, ...);
 - cells a scTab-style query must drop: datasets of non-10x assays (5 % of cells) and 10x
   datasets of re-submitted cells, ``is_primary_data == False`` (6 %);
-- cell types from the Cell Ontology shipped with cellxgene-ontology-guide: 164 types that pass
+- cell types from the pinned Cell Ontology release (core.ontology): 164 types that pass
   scTab's curation (at least 5,000 cells, in more than 30 tech_samples, more than 7
   ancestors, below native cell) and types that each fail one rule: 10 with too few cells, 8 in
   too few tech_samples, 6 with too few ancestors (coarse labels such as "leukocyte"), and

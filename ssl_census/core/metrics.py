@@ -12,16 +12,23 @@ from sklearn.metrics import f1_score
 
 
 def classification_scores(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Macro and micro F1 (micro F1 equals accuracy for single-label predictions)."""
+    """Macro and micro F1 (micro F1 equals accuracy for single-label predictions).
+
+    The macro mean runs over every class that is true *or predicted*, as scikit-learn's
+    ``classification_report`` (the paper's figure) averages: a model that predicts a class
+    no cell has gets an F1 of 0 for it, so stray predictions (a random or zero-shot model's)
+    lower the mean instead of vanishing from it.
+    """
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    labels = np.unique(y_true)  # classes absent from the truth do not dilute the macro mean
+    labels = np.union1d(y_true, y_pred)
     return {
         "macro_f1": float(
             f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)
         ),
         "micro_f1": float(f1_score(y_true, y_pred, average="micro", zero_division=0)),
         "n_cells": int(len(y_true)),
-        "n_classes": int(len(labels)),
+        "n_classes": int(len(labels)),  # the classes the macro mean runs over
+        "n_true_classes": int(len(np.unique(y_true))),
     }
 
 

@@ -1,4 +1,5 @@
-"""The Cell Ontology (CL), offline, from the release shipped in ``cellxgene-ontology-guide``.
+"""The Cell Ontology (CL), offline, from a release shipped in ``cellxgene-ontology-guide``
+(pinned: PINNED_CL_RELEASE).
 
 The package ships each CL release as zstd-compressed JSON: term id -> label, ``ancestors``
 (term id -> distance), ``deprecated`` and ``replaced_by``. That is all curation and evaluation
@@ -20,6 +21,13 @@ from typing import Any
 from ssl_census.core.errors import UserError
 
 NATIVE_CELL = "CL:0000003"
+# The CL release everything uses unless told otherwise (curation, hierarchy-aware scores, the
+# synthetic census). scTab curated against census 2023-05-15; the oldest release the
+# cellxgene-ontology-guide versions the project supports ship (pyproject) is this one. The
+# nearest to 2023-05-15 that any registry package ships, v2024-01-04 (cellxgene-ontology-guide
+# 0.1.1), comes only with a package version the project cannot install beside its own; in
+# both, native cell is already obsolete. Pinned so curation does not change with the package.
+PINNED_CL_RELEASE = "v2025-02-13"
 
 
 def _data_root() -> Path:
@@ -79,19 +87,29 @@ class CellOntology:
         return max(dist) if dist else 0
 
 
+def ontology_package() -> str:
+    """The package the CL releases come from, with its version (for manifests)."""
+    from importlib.metadata import version
+
+    return f"cellxgene-ontology-guide {version('cellxgene-ontology-guide')}"
+
+
 @functools.cache
 def load_cell_ontology(release: str | None = None) -> CellOntology:
-    """The CL ``release`` shipped with cellxgene-ontology-guide (the newest when None)."""
+    """The CL ``release`` shipped with cellxgene-ontology-guide (PINNED_CL_RELEASE when
+    None)."""
     from cellxgene_ontology_guide.supported_versions import load_ontology_file
 
     releases = available_releases()
     if not releases:
         raise UserError("no Cell Ontology release found in cellxgene-ontology-guide",
                         "reinstall it: pip install cellxgene-ontology-guide")
-    release = release or releases[-1]
+    release = release or PINNED_CL_RELEASE
     if release not in releases:
-        raise UserError(f"Cell Ontology release {release!r} is not shipped",
-                        f"use one of {', '.join(releases)}")
+        raise UserError(f"Cell Ontology release {release!r} is not shipped by the installed "
+                        "cellxgene-ontology-guide",
+                        f"use one of {', '.join(releases)} (cl_release in [curation]), or "
+                        "install the package version pyproject.toml names")
     return CellOntology(release, load_ontology_file(f"CL-ontology-{release}.json.zst"))
 
 

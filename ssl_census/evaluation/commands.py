@@ -15,7 +15,9 @@ LAYER_HELP = ("where the values are: a layer name, or 'raw' for adata.raw.X [def
 @click.command()
 @click.option("--run", "run_dir", type=click.Path(path_type=Path), required=True,
               help="a pre-training or fine-tuning run directory")
-@click.option("--shards", type=click.Path(path_type=Path), help="shard store (val/test cells)")
+@click.option("--shards", type=click.Path(path_type=Path),
+              help="shard store (val/test cells); with --h5ad its val cells are the kNN "
+              "reference the h5ad's cells are classified against")
 @click.option("--h5ad", type=click.Path(path_type=Path), help="unseen data: an h5ad file")
 @click.option("--label-key", help="obs column with the cell types (with --h5ad)")
 @click.option("--batch-key", help="obs column of batches: integration scores (scib-metrics); "
@@ -41,8 +43,8 @@ def evaluate(run_dir: Path, shards: Path | None, h5ad: Path | None, label_key: s
     from ssl_census.evaluation import render
     from ssl_census.evaluation import report as rep
 
-    if (shards is None) == (h5ad is None):
-        raise UserError("give exactly one of --shards and --h5ad", "see ssl-census evaluate -h")
+    if shards is None and h5ad is None:
+        raise UserError("give --shards, --h5ad, or both", "see ssl-census evaluate -h")
     opts = rep.EvalOptions(batch_size=batch_size, device=device, workers=workers,
                            pca_max_cells=pca_max_cells, batch_key=batch_key,
                            integration_max_cells=integration_max_cells, plots=not no_plots,
@@ -50,7 +52,7 @@ def evaluate(run_dir: Path, shards: Path | None, h5ad: Path | None, label_key: s
     if h5ad is not None:
         if not label_key:
             raise UserError("--h5ad needs --label-key", "name the obs column with cell types")
-        evaluation = rep.evaluate_h5ad(run_dir, h5ad, label_key, opts)
+        evaluation = rep.evaluate_h5ad(run_dir, h5ad, label_key, opts, reference=shards)
     else:
         evaluation = rep.evaluate_shards(run_dir, shards, opts)
     path = json_path or render.default_report_path(run_dir, h5ad or shards)

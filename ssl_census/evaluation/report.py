@@ -6,7 +6,8 @@ components fitted out of core on the training split) is computed for the val and
 and each test cell is classified by its k = 5 nearest validation cells. A classifier head
 scores its own predictions too. Every classification is reported plain and hierarchy-aware,
 overall and per dataset. On an h5ad (unseen data): cells are mapped into the run's gene space
-and classified by kNN against the other groups of cells (leave one batch out).
+and classified by kNN against a reference store's validation cells (the paper's protocol), or,
+without a reference, against the other groups of cells of the file (leave one batch out).
 
 Each embedding has a :class:`Role` (the run's own encoder, zero-shot, random init, PCA): a
 report keys its kNN scores by role, so a reader (the results page) finds every row by what it
@@ -159,9 +160,18 @@ def prediction_scores(y: np.ndarray, pred: np.ndarray, descendants: np.ndarray,
     return out
 
 
-def _label_context(store: ShardStore) -> tuple[np.ndarray, dict[int, int]]:
-    labels = store.labels.sort_values("cell_type_code")
-    onto = load_cell_ontology()
+def store_cl_release(store: ShardStore) -> str | None:
+    """The CL release a store was curated with (its manifest), None for a store that does
+    not say (written by hand): the pinned release then."""
+    return store.manifest.get("thresholds", {}).get("cl_release")
+
+
+def _label_context(labels: pd.DataFrame, cl_release: str | None
+                   ) -> tuple[np.ndarray, dict[int, int]]:
+    """The descendant matrix of a label table's types (in the store's CL release) and the
+    training abundance of each code."""
+    labels = labels.sort_values("cell_type_code")
+    onto = load_cell_ontology(cl_release)
     descendants = descendant_matrix(labels["cell_type_ontology_term_id"].astype(str).tolist(),
                                     onto.is_descendant)
     abundance = dict(zip(labels["cell_type_code"].astype(int), labels["n_train"].astype(int),
@@ -181,14 +191,19 @@ def _embed_store(encoders: list[Compared], store: ShardStore,
         test = apply_to_split(c.encoder, store.path, "test", opts.batch_size, opts.device,
                               opts.workers)
         out.append(Embedded(c.role, c.name, test, val))
-    pca = StreamingPCA(PCA_COMPONENTS, max_cells=opts.pca_max_cells, seed=opts.seed).fit(
-        lambda: split_batches(store.path, "train", opts.batch_size, opts.workers), store.n_genes)
+    pca = _store_pca(store, opts)
     project = _numpy_fn(pca.transform)
     out.append(Embedded(Role.PCA, PCA_NAME,
                         apply_to_split(project, store.path, "test", opts.batch_size, "cpu"),
                         apply_to_split(project, store.path, "val", opts.batch_size, "cpu"),
                         {"pca_cells_fitted": int(pca.n_samples_seen_)}))
     return out
+
+
+def _store_pca(store: ShardStore, opts: EvalOptions) -> StreamingPCA:
+    """The PCA baseline, fitted out of core on the store's training split."""
+    return StreamingPCA(PCA_COMPONENTS, max_cells=opts.pca_max_cells, seed=opts.seed).fit(
+        lambda: split_batches(store.path, "train", opts.batch_size, opts.workers), store.n_genes)
 
 
 def _numpy_fn(fn: Callable[[np.ndarray], np.ndarray]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -223,7 +238,7 @@ def evaluate_shards(run_dir: Path, shards: Path, opts: EvalOptions) -> Evaluatio
     val_y = val_obs["cell_type_code"].to_numpy().astype(np.int64)
     test_y = test_obs["cell_type_code"].to_numpy().astype(np.int64)
     groups = test_obs["dataset_id"].astype(str).to_numpy()
-    descendants, abundance = _label_context(store)
+    descendants, abundance = _label_context(store.labels, store_cl_release(store))
     code_name = dict(zip(store.labels["cell_type_code"], store.labels["cell_type"], strict=True))
     embedded = _embed_store(encoders, store, opts)
     ref, query = val_y >= 0, test_y >= 0
@@ -277,12 +292,21 @@ def _folds(n: int, seed: int, n_folds: int = 5) -> np.ndarray:
     return np.random.default_rng(seed).permutation(n) % n_folds
 
 
-def evaluate_h5ad(run_dir: Path, h5ad: Path, label_key: str, opts: EvalOptions) -> Evaluation:
+def evaluate_h5ad(run_dir: Path, h5ad: Path, label_key: str, opts: EvalOptions,
+                  reference: Path | None = None) -> Evaluation:
+    """Unseen data. With ``reference`` (a shard store, the training distribution), the
+    paper's protocol: each cell of the h5ad is classified by kNN against the store's
+    validation cells and by the run's classifier head. Without it, the file's cells are
+    classified among themselves (leave one ``batch_key`` group out, else 5 folds), which
+    measures how separable the types are in the embedding, not transfer."""
     keys = (label_key,) + ((opts.batch_key,) if opts.batch_key else ())
     cells = load_unseen(h5ad, run_gene_space(run_dir), layer=opts.layer, required_obs=keys)
     log.info(f"{h5ad}: {cells.match.n_matched} of {cells.match.n_model_genes} model genes matched "
              f"(by {cells.match.column}), the rest zero-padded")
     encoders, card = encoders_to_compare(run_dir, opts.device)
+    if reference is not None:
+        return _unseen_against_reference(run_dir, h5ad, label_key, cells, encoders, card,
+                                         open_shards(reference), opts)
     embedded = [Embedded(c.role, c.name, apply_to_matrix(c.encoder, cells.x, 4096, opts.device))
                 for c in encoders]
     embedded.append(Embedded(Role.PCA, PCA_NAME, pca_of_cells(cells.x, opts.seed)))
@@ -314,22 +338,88 @@ def evaluate_h5ad(run_dir: Path, h5ad: Path, label_key: str, opts: EvalOptions) 
     return Evaluation(report, embedded[0], {"cell type": labels, "batch": groups})
 
 
-def _classifier_on_h5ad(run_dir: Path, x: Any, labels: np.ndarray, opts: EvalOptions) -> dict:
+def _codes_of(labels: np.ndarray, table: pd.DataFrame) -> np.ndarray:
+    """The code of each label in a label table, found by cell type name or CL term id;
+    -1 where the table has no such type."""
+    by_name = {str(n): int(c) for n, c in zip(table["cell_type"], table["cell_type_code"],
+                                              strict=True)}
+    by_name.update({str(t): int(c) for t, c in zip(table["cell_type_ontology_term_id"],
+                                                    table["cell_type_code"], strict=True)})
+    return np.array([by_name.get(str(lab), -1) for lab in labels], dtype=np.int64)
+
+
+def _unseen_against_reference(run_dir: Path, h5ad: Path, label_key: str, cells: Any,
+                              encoders: list[Compared], card: dict[str, Any], store: ShardStore,
+                              opts: EvalOptions) -> Evaluation:
+    """kNN of the h5ad's cells (queries) against the store's labelled validation cells
+    (reference), every embedding; the head's predictions; hierarchy-aware with the store's
+    CL release. Cells whose label names no type of the store are left out of the scores."""
+    check_same_gene_space(card, store, f"run {run_dir}")
+    labels = cells.adata.obs[label_key].astype(str).to_numpy()
+    truth = _codes_of(labels, store.labels)
+    known = truth >= 0
+    if not known.any():
+        raise UserError(f"no label of {h5ad} ({label_key}) names a cell type of {store.path}",
+                        "give --label-key a column of the store's cell type names or CL "
+                        "term ids, or evaluate without --shards")
+    _, val_obs = store.split("val")
+    val_y = val_obs["cell_type_code"].to_numpy().astype(np.int64)
+    ref = val_y >= 0
+    if ref.sum() < K:
+        raise UserError(f"{store.path} has too few labelled validation cells for kNN",
+                        "use a store with labelled cells in val")
+    embedded = []
+    for c in encoders:
+        embedded.append(Embedded(
+            c.role, c.name, apply_to_matrix(c.encoder, cells.x, 4096, opts.device),
+            apply_to_split(c.encoder, store.path, "val", opts.batch_size, opts.device,
+                           opts.workers)))
+    pca = _store_pca(store, opts)
+    embedded.append(Embedded(
+        Role.PCA, PCA_NAME, np.asarray(pca.transform(cells.x), dtype=np.float32),
+        apply_to_split(_numpy_fn(pca.transform), store.path, "val", opts.batch_size, "cpu"),
+        {"pca_cells_fitted": int(pca.n_samples_seen_)}))
+    descendants, abundance = _label_context(store.labels, store_cl_release(store))
+    unmatched = sorted(set(labels[~known]))
+    report: dict[str, Any] = {
+        "run": str(run_dir), "h5ad": str(h5ad), "label_key": label_key, "k": K,
+        "reference": str(store.path),
+        "genes_matched": cells.match.n_matched, "gene_column": cells.match.column,
+        "protocol": "each cell of the h5ad classified by kNN among the reference store's "
+                    "labelled validation cells (the training distribution)",
+        "n_reference": int(ref.sum()), "n_query": int(known.sum()),
+        "labels_not_in_reference": unmatched,
+        "knn": {}, "classifier": None,
+        "cell_types": {int(k): str(v) for k, v in zip(store.labels["cell_type_code"],
+                                                      store.labels["cell_type"], strict=True)},
+    }
+    for e in embedded:
+        pred = knn_classify(e.val[ref], val_y[ref], e.test[known], k=K, device=opts.device,
+                            show_progress=False)
+        report["knn"][e.role] = {"name": e.name, **prediction_scores(
+            truth[known], pred, descendants, abundance, None), **e.extra}
+    if card.get("task") == "celltype":
+        report["classifier"] = _classifier_on_h5ad(run_dir, cells.x, labels, opts,
+                                                   store_cl_release(store))
+    colour_by = {"cell type": labels, "batch": np.full(len(labels), "query")}
+    return Evaluation(report, embedded[0], colour_by)
+
+
+def _classifier_on_h5ad(run_dir: Path, x: Any, labels: np.ndarray, opts: EvalOptions,
+                        cl_release: str | None = None) -> dict:
     """The head's predictions, scored where the file's labels name the run's cell types
     (by name or CL term id); files with their own vocabulary get the predictions counted."""
     model, _ = load_task(run_dir, device=opts.device)
     table = read_parquet(Path(run_dir) / "labels.parquet").sort_values("cell_type_code")
     pred = apply_to_matrix(model.logits, x, 4096, opts.device).argmax(1)
-    by_name = {str(n): int(c) for n, c in zip(table["cell_type"], table["cell_type_code"],
-                                              strict=True)}
-    by_name.update({str(t): int(c) for t, c in zip(table["cell_type_ontology_term_id"],
-                                                    table["cell_type_code"], strict=True)})
-    truth = np.array([by_name.get(lab, -1) for lab in labels])
+    truth = _codes_of(labels, table)
     predicted_names = table["cell_type"].astype(str).to_numpy()[pred]
     counts = pd.Series(predicted_names).value_counts().head(20)
     out: dict[str, Any] = {"predicted_types": {str(k): int(v) for k, v in counts.items()},
                            "labels_in_run_vocabulary": float((truth >= 0).mean())}
     known = truth >= 0
     if known.any():
-        out["scored_on_known_labels"] = classification_scores(truth[known], pred[known])
+        descendants, abundance = _label_context(table, cl_release)
+        out["scored_on_known_labels"] = prediction_scores(truth[known], pred[known],
+                                                          descendants, abundance, None)
     return out

@@ -35,9 +35,10 @@ class Method:
 
 
 REGISTRY: dict[str, Method] = {
-    "random_mask": Method(None, lambda enc, dec, gp, o: RandomMasking(enc, dec, o.mask_rate)),
-    "gp_mask": Method("msigdb:c8",
-                      lambda enc, dec, gp, o: GeneProgrammeMasking(enc, dec, gp, o.mask_rate)),
+    "random_mask": Method(None, lambda enc, dec, gp, o: RandomMasking(enc, dec, o.mask_rate,
+                                                                      o.rescale)),
+    "gp_mask": Method("msigdb:c8", lambda enc, dec, gp, o: GeneProgrammeMasking(
+        enc, dec, gp, o.mask_rate, o.rescale, o.accept_lower_rate)),
     "gp_to_gp": Method("msigdb:c8", lambda enc, dec, gp, o: GpToGp(enc, dec, gp)),
     "gp_to_tf": Method("msigdb:c3_tft", lambda enc, dec, gp, o: GpToTf(enc, dec, gp)),
     "byol": Method(None, lambda enc, dec, gp, o: BYOL(enc, Augment(o), o)),

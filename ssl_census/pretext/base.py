@@ -41,21 +41,33 @@ class MaskedAutoencoder(Objective):
     """Hide genes, reconstruct from the rest; subclasses say which genes are seen and scored.
 
     ``masks(x)`` returns two boolean ``[cells, genes]`` tensors: ``visible`` (the input keeps
-    these values, the rest are set to 0, as the paper masks) and ``scored`` (the genes the
-    loss is computed on). For masking they are complements; the isolated methods keep one
-    programme visible and score that programme (GP to GP) or its factor (GP to TF).
+    these values, the rest are set to 0, as the paper masks; see :meth:`masked_input`) and
+    ``scored`` (the genes the loss is computed on). For masking they are complements; the
+    isolated methods keep one programme visible and score that programme (GP to GP) or its
+    factor (GP to TF).
     """
 
-    def __init__(self, encoder: Encoder, decoder: Decoder) -> None:
+    def __init__(self, encoder: Encoder, decoder: Decoder, rescale: bool = False) -> None:
         super().__init__()
         self.encoder = encoder
         self.decoder = decoder
+        self.rescale = rescale
 
     def masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def masked_input(self, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+        """``x`` with the hidden genes set to 0; with ``rescale`` the visible ones are divided
+        by the cell's visible fraction (the paper's code: 1 / (1 - masked fraction)), so the
+        input keeps the mass the encoder sees unmasked after pre-training."""
+        kept = x * visible
+        if not self.rescale:
+            return kept
+        fraction = visible.float().mean(dim=1, keepdim=True).clamp_min(1.0 / x.shape[1])
+        return kept / fraction.to(kept.dtype)
+
     def reconstruct(self, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.encoder(x * visible))
+        return self.decoder(self.encoder(self.masked_input(x, visible)))
 
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
         x = batch.x
@@ -64,4 +76,7 @@ class MaskedAutoencoder(Objective):
         return {
             "loss": masked_mse(pred, x, scored),
             "scored_fraction": scored.float().mean().detach(),
+            # the realised share of hidden input genes (for GP masking: the union of the
+            # programmes drawn, which may lie above the rate, never silently below it)
+            "masked_fraction": 1.0 - visible.float().mean().detach(),
         }

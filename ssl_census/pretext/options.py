@@ -32,12 +32,22 @@ class GeneSetOptions:
 
 @dataclass(frozen=True)
 class RandomMaskOptions:
+    """``rescale``: the visible genes are multiplied by 1 / (visible fraction of the cell), as
+    the paper's code does (1 / (1 - rate)), so the encoder sees the same input mass in
+    pre-training as afterwards, when nothing is masked; false feeds them unscaled."""
+
     mask_rate: float = 0.5
+    rescale: bool = True
 
 
 @dataclass(frozen=True)
 class GpMaskOptions(GeneSetOptions):
+    """``accept_lower_rate``: when all programmes together cover less of the gene space than
+    ``mask_rate``, mask them all (a fixed mask, below the rate) instead of stopping."""
+
     mask_rate: float = 0.5
+    rescale: bool = True
+    accept_lower_rate: bool = False
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,8 @@ sparse-dense product (cost: non-zeros of the membership x cells, not genes x pro
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -19,7 +21,12 @@ class ProgrammeSampler(nn.Module):
         self.n_genes = programmes.n_genes
         self.n_programmes = len(programmes)
         # Rebuilt from the gene sets, so kept out of checkpoints (persistent=False).
-        self.register_buffer("members", programmes.membership(), persistent=False)
+        members = programmes.membership()
+        self.register_buffer("members", members, persistent=False)
+        # the same membership as (gene, programme) pairs, for per-cell unions (until_rate)
+        genes, progs = members.indices()
+        self.register_buffer("member_genes", genes.clone(), persistent=False)
+        self.register_buffer("member_programmes", progs.clone(), persistent=False)
         sizes = torch.tensor([len(g) for g in programmes.genes], dtype=torch.float32)
         self.register_buffer("sizes", sizes, persistent=False)
         if programmes.regulators is not None:
@@ -39,16 +46,37 @@ class ProgrammeSampler(nn.Module):
         chosen.scatter_(1, k[:, None], 1.0)
         return k, self.genes_of(chosen)
 
-    def until_rate(self, n_cells: int, rate: float) -> torch.Tensor:
-        """Whole programmes in random order per cell until ``rate`` of the genes are taken.
+    @property
+    def coverage(self) -> float:
+        """The fraction of the gene space that lies in at least one programme."""
+        return len(torch.unique(self.member_genes)) / self.n_genes
 
-        Sizes are counted per programme, so overlapping programmes leave the realised fraction
-        somewhat below ``rate``; when all programmes together cover less, all are taken.
+    def until_rate(self, n_cells: int, rate: float, chunk: int = 1024) -> torch.Tensor:
+        """Whole programmes in random order per cell until their *union* holds ``rate`` of
+        the genes (the programme that crosses the rate is taken whole).
+
+        Each cell ranks the programmes at random; a gene's first rank is the lowest rank of
+        the programmes that hold it; taking programmes up to rank t hides exactly the genes
+        whose first rank is at most t, so t is the k-th smallest first rank (k = the genes the
+        rate asks for). Overlaps are counted once. When the programmes together cover fewer
+        genes than the rate asks for, every programme is taken (the caller decides whether
+        that is acceptable, see :class:`~ssl_census.pretext.gp_mask.GeneProgrammeMasking`).
+        Cost: cells x non-zeros of the membership, in chunks of ``chunk`` cells.
         """
         device = self.sizes.device
-        order = torch.rand(n_cells, self.n_programmes, device=device).argsort(dim=1)
-        sizes = self.sizes[order]
-        before = sizes.cumsum(dim=1) - sizes
-        take = (before < rate * self.n_genes).float()
-        chosen = torch.zeros_like(take).scatter_(1, order, take)
-        return self.genes_of(chosen)
+        genes, progs = self.member_genes, self.member_programmes
+        k = max(1, min(self.n_genes, math.ceil(rate * self.n_genes)))
+        out = []
+        for start in range(0, n_cells, chunk):
+            n = min(chunk, n_cells - start)
+            # ranks as float32: exact for any realistic number of programmes, and every device
+            # has kthvalue and scatter_reduce for it
+            order = torch.rand(n, self.n_programmes, device=device).argsort(dim=1)
+            rank = order.argsort(dim=1).float()
+            first = torch.full((n, self.n_genes), float(self.n_programmes), device=device)
+            first.scatter_reduce_(1, genes.expand(n, -1), rank[:, progs], reduce="amin")
+            # genes in no programme keep rank n_programmes and are never hidden
+            cut = first.kthvalue(k, dim=1, keepdim=True).values.clamp_max(self.n_programmes - 1)
+            out.append(first <= cut)
+        return torch.cat(out) if out else torch.zeros(0, self.n_genes, dtype=torch.bool,
+                                                         device=device)

@@ -9,8 +9,9 @@ from ssl_census.pretext.base import MaskedAutoencoder
 
 
 class RandomMasking(MaskedAutoencoder):
-    def __init__(self, encoder: Encoder, decoder: Decoder, mask_rate: float) -> None:
-        super().__init__(encoder, decoder)
+    def __init__(self, encoder: Encoder, decoder: Decoder, mask_rate: float,
+                 rescale: bool = True) -> None:
+        super().__init__(encoder, decoder, rescale)
         if not 0 < mask_rate < 1:
             raise ValueError("mask_rate must lie in (0, 1)")
         self.mask_rate = mask_rate

@@ -31,6 +31,19 @@ class H5adView:
 
 
 @dataclass(frozen=True)
+class Variant:
+    """A pre-training method run a second time with other options, beside the method
+    (``[variants.<name>]``): pre-trained, fine-tuned for cell types and evaluated like the
+    methods, and compared with the method's own rows in a finding of its own."""
+
+    name: str
+    method: str
+    options: dict[str, Any]
+    claim: str  # the finding's claim: the method's settings beat the variant's
+    paper: str  # what the paper (or its code) says
+
+
+@dataclass(frozen=True)
 class ReproduceConfig:
     name: str
     seeds: tuple[int, ...]
@@ -55,6 +68,7 @@ class ReproduceConfig:
     integration_batch_key: str
     integration_sets: tuple[H5adView, ...]
     integration_max_cells: int
+    variants: dict[str, Variant] = field(default_factory=dict)
     device: str = "cpu"
     threads: int | None = None
     source: str = ""
@@ -74,6 +88,24 @@ def _methods(names: list[str], where: str) -> tuple[str, ...]:
         raise UserError(f"unknown methods in {where}: {', '.join(unknown)}",
                         f"choose from {', '.join(METHODS)}")
     return tuple(names)
+
+
+def _variants(raw: dict[str, Any]) -> dict[str, Variant]:
+    out = {}
+    for name, v in raw.items():
+        where = f"variants.{name}."
+        if name in METHODS:
+            raise UserError(f"variant {name!r} has the name of a method",
+                            "name it after the change, e.g. random_mask_unscaled")
+        method = _methods([_require(v, "method", where)], f"[variants.{name}]")[0]
+        unknown = set(v) - {"method", "options", "claim", "paper"}
+        if unknown:
+            raise UserError(f"unknown keys in [variants.{name}]: {', '.join(sorted(unknown))}",
+                            "use method, options, claim, paper")
+        out[name] = Variant(name, method, dict(v.get("options", {})),
+                            str(v.get("claim", f"{method} beats {name}")),
+                            str(v.get("paper", "")))
+    return out
 
 
 def _view(raw: dict[str, Any], name: str) -> H5adView:
@@ -134,6 +166,7 @@ def load_reproduce_config(path: str | Path) -> ReproduceConfig:
         integration_sets=tuple(_view(d, d.get("name", f"set{i}"))
                                for i, d in enumerate(integ.get("datasets", []))),
         integration_max_cells=int(integ.get("max_cells", 20_000)),
+        variants=_variants(raw.get("variants", {})),
         device=str(raw.get("device", "cpu")),
         threads=raw.get("threads"),
         source=str(path),

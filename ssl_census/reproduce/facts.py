@@ -55,6 +55,9 @@ class PageFacts:
     genes_matched: dict[str, int | None]  # per table (cross, integration-<view>)
     cross_targets: int | None  # proteins in the CITE-seq file, once a cross run has scores
     unseen_shared_donors: list[str] | None  # None when the config names no donor column
+    cell_ontology: str | None  # the CL release the kang store was curated with
+    kang_type_names: list[str]  # the cell types the kang store keeps
+    masked_fractions: dict[str, float]  # masking method -> realised hidden share in pre-training
 
 
 def versions() -> str:
@@ -115,7 +118,8 @@ def _shared_donors(conf: ReproduceConfig, inputs: Any, kang_obs: Any) -> list[st
 def gather_facts(conf: ReproduceConfig, work: Path, inputs: Any, genes: Path, seconds: float,
                  cross: res.Table, integration: dict[str, res.Table]) -> PageFacts:
     aux = open_shards(inputs.stores["auxiliary"]).split("train")[1]
-    kang = open_shards(inputs.stores["kang"]).split("train")[1]
+    kang_store = open_shards(inputs.stores["kang"])
+    kang = kang_store.split("train")[1]
     matched = {"cross": genes_matched(cross)}
     matched.update({f"integration-{n}": genes_matched(t) for n, t in integration.items()})
     return PageFacts(
@@ -135,4 +139,7 @@ def gather_facts(conf: ReproduceConfig, work: Path, inputs: Any, genes: Path, se
         genes_matched=matched,
         cross_targets=_cross_targets(cross),
         unseen_shared_donors=_shared_donors(conf, inputs, kang),
+        cell_ontology=kang_store.manifest.get("thresholds", {}).get("cl_release"),
+        kang_type_names=sorted(kang_store.labels["cell_type"].astype(str)),
+        masked_fractions=res.masked_fractions(conf, work),
     )

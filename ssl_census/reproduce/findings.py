@@ -1,10 +1,15 @@
 """The paper's findings, each checked against this run's numbers.
 
-A finding is a comparison "A beats B" on one metric. Its verdict comes from the paired
-differences A - B over the seeds both have: it *holds* when the mean difference minus two
-standard errors is above zero, it is *contradicted* when the mean plus two standard errors is
-below zero, and otherwise the data cannot tell (the difference is within the seed-to-seed
-noise). With one seed there is no uncertainty estimate and the verdict says so.
+A finding is a set of comparisons "A beats B" on one metric. A comparison is judged on the
+paired differences A - B over the seeds both have: a paired t-test (n - 1 degrees of
+freedom) gives its two-sided p-value and the 95 % confidence interval of the mean difference
+(t quantile, not "two standard errors", which with five seeds is an 88 % interval). All
+comparisons on the page are one family: their p-values are adjusted with Holm's step-down
+method (:func:`holm`), so the chance of any false verdict stays at 5 % however many
+comparisons the page makes. A comparison *holds* when its adjusted p-value is below 0.05 and
+the difference is positive, is *contradicted* when it is below 0.05 and negative, and is
+otherwise not resolved (the difference is within the seed-to-seed noise). With one seed
+there is no uncertainty estimate and the verdict says so.
 """
 
 from __future__ import annotations
@@ -12,12 +17,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from scipy import stats
+
 from ssl_census.evaluation.report import PCA_NAME
+from ssl_census.reproduce.config import Variant
 from ssl_census.reproduce.results import (
     CLASSIFIER,
     KNN,
+    MACRO_F1,
     MEAN_BASELINE,
     NO_PRETRAINING,
+    PER_PROTEIN,
     RANDOM_INIT,
     SUPERVISED,
     UNSUPERVISED,
@@ -32,6 +42,18 @@ from ssl_census.reproduce.results import (
 HOLDS, CONTRADICTED, UNCLEAR, ONE_SEED, MISSING = (
     "holds", "does not hold (reversed)", "not resolved (within seed noise)",
     "one seed only (no uncertainty estimate)", "not measured")
+ALPHA = 0.05  # family-wise error rate of the page's verdicts
+CONFIDENCE = 0.95  # of the intervals shown
+
+
+def t_test(mean: float, sd: float, n: int) -> tuple[float, float]:
+    """Two-sided p-value of a paired t-test of mean difference 0, and the half-width of the
+    CONFIDENCE interval of the mean (t quantile with n - 1 degrees of freedom)."""
+    se = sd / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1)) * se
+    if se == 0:  # every seed gave the same difference
+        return (1.0 if mean == 0 else 0.0), 0.0
+    return float(2 * stats.t.sf(abs(mean) / se, n - 1)), half
 
 
 @dataclass
@@ -43,18 +65,31 @@ class Comparison:
     mean: float
     sd: float
     verdict: str
+    p: float = math.nan  # the t-test's two-sided p-value
+    p_adjusted: float = math.nan  # Holm-adjusted over the page's family of comparisons
+    half_width: float = math.nan  # of the 95 % confidence interval of the mean difference
 
     def text(self) -> str:
         if self.n == 0:
             return f"{self.better} vs {self.worse}: {MISSING}"
-        spread = f" ± {self.sd:.3f} (sd of {self.n} paired seeds)" if self.n > 1 else ""
-        return (f"{self.better} − {self.worse}, {self.metric}: {self.mean:+.3f}{spread} → "
-                f"**{self.verdict}**")
+        if self.n == 1:
+            return (f"{self.better} − {self.worse}, {self.metric}: {self.mean:+.3f} (one "
+                    f"seed) → **{self.verdict}**")
+        lo, hi = self.mean - self.half_width, self.mean + self.half_width
+        return (f"{self.better} − {self.worse}, {self.metric}: {self.mean:+.3f}, 95 % CI "
+                f"[{lo:+.3f}, {hi:+.3f}] over {self.n} paired seeds, p = {_p(self.p)} "
+                f"(Holm-adjusted {_p(self.p_adjusted)}) → **{self.verdict}**")
 
 
-def compare(a: Row | None, b: Row | None, metric: str, label: str | None = None) -> Comparison:
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def compare(a: Row | None, b: Row | None, metric: str = MACRO_F1,
+            label: str | None = None) -> Comparison:
     """Paired differences of ``a`` and ``b`` over their common seeds (``label``: how the
-    metric is named on the page, default ``metric``)."""
+    metric is named on the page, default ``metric``). The verdict is that of a family of
+    one comparison until :func:`holm` adjusts it among the others."""
     name_a, name_b = (a.name if a else "?"), (b.name if b else "?")
     label = label or metric
     if a is None or b is None:
@@ -64,32 +99,30 @@ def compare(a: Row | None, b: Row | None, metric: str, label: str | None = None)
     if not diffs:
         return Comparison(name_a, name_b, label, 0, math.nan, math.nan, MISSING)
     mean, sd = mean_sd(diffs)
-    return Comparison(name_a, name_b, label, len(diffs), mean, sd, verdict(mean, sd, len(diffs)))
-
-
-def verdict(mean: float, sd: float, n: int) -> str:
+    n = len(diffs)
     if n < 2:
-        return ONE_SEED
-    se = sd / math.sqrt(n)
-    if mean - 2 * se > 0:
-        return HOLDS
-    if mean + 2 * se < 0:
-        return CONTRADICTED
+        return Comparison(name_a, name_b, label, n, mean, sd, ONE_SEED)
+    p, half = t_test(mean, sd, n)
+    return Comparison(name_a, name_b, label, n, mean, sd, verdict(mean, p), p, p, half)
+
+
+def verdict(mean: float, p_adjusted: float) -> str:
+    """The verdict of a difference whose (adjusted) p-value is ``p_adjusted``."""
+    if p_adjusted < ALPHA:
+        return HOLDS if mean > 0 else CONTRADICTED
     return UNCLEAR
 
 
-def averaged(rows: list[Row], name: str) -> Row | None:
-    """A row whose value per seed is the mean of ``rows`` (e.g. all masking methods)."""
-    rows = [r for r in rows if r is not None]
-    if not rows:
-        return None
-    out = Row(name)
-    seeds = sorted(set.intersection(*(set(r.seeds) for r in rows)))
-    for metric in rows[0].values:
-        per = [r.by_seed(metric) for r in rows]
-        out.values[metric] = [sum(p[s] for p in per) / len(per) for s in seeds]
-    out.seeds = seeds
-    return out
+def holm(comparisons: list[Comparison]) -> None:
+    """Holm's step-down adjustment of the p-values of ``comparisons`` (those with two or more
+    seeds), in place, and their verdicts from the adjusted values: the k-th smallest p of m
+    is multiplied by m - k + 1, kept monotone, capped at 1."""
+    tested = sorted((c for c in comparisons if c.n > 1), key=lambda c: c.p)
+    m, running = len(tested), 0.0
+    for k, c in enumerate(tested):
+        running = max(running, min(1.0, (m - k) * c.p))
+        c.p_adjusted = running
+        c.verdict = verdict(c.mean, running)
 
 
 @dataclass
@@ -116,7 +149,7 @@ class Finding:
 
 def in_short(found: list[Finding]) -> list[str]:
     """The plain statement: which findings hold, which do not, and how large the uncertainty
-    of a comparison is (two standard errors of its paired difference)."""
+    of a comparison is (the half-width of its 95 % confidence interval)."""
     comps = [c for f in found for c in f.comparisons if c.n > 0]
     if not comps:
         return ["No comparison has results yet."]
@@ -134,11 +167,12 @@ def in_short(found: list[Finding]) -> list[str]:
            f"{counts[CONTRADICTED]} are reversed and {counts[UNCLEAR]} are within the "
            "seed-to-seed noise" + (f" ({len(comps) - sum(counts.values())} have one seed)"
                                    if len(comps) > sum(counts.values()) else "") + "."]
-    widths = sorted(2 * c.sd / math.sqrt(c.n) for c in comps if c.n > 1)
+    widths = sorted(c.half_width for c in comps if c.n > 1)
     if widths:
-        out[0] += (f" The uncertainty of a comparison (two standard errors of the paired "
-                   f"difference) has a median of {widths[len(widths) // 2]:.3f}, from "
-                   f"{widths[0]:.3f} to {widths[-1]:.3f}, on 0-1 scores.")
+        out[0] += (f" The uncertainty of a comparison (half the width of the 95 % confidence "
+                   f"interval of its paired difference) has a median of "
+                   f"{widths[len(widths) // 2]:.3f}, from {widths[0]:.3f} to "
+                   f"{widths[-1]:.3f}, on 0-1 scores.")
     out.append("")
     for title, fs in groups.items():
         out.append(f"- *{title}*: " + ("; ".join(f.claim for f in fs) if fs else "none") + ".")
@@ -149,10 +183,15 @@ def _all(f: Finding, verdict_: str) -> bool:
     return bool(f.comparisons) and all(c.verdict == verdict_ for c in f.comparisons)
 
 
-MASKING = ("random_mask", "gp_mask", "gp_to_gp", "gp_to_tf")
-# how the method comparisons look at a model: zero-shot by kNN, fine-tuned by its head
-MODEL_KINDS = ((zero_shot, "zero-shot", KNN), (fine_tuned, "fine-tuned", CLASSIFIER))
+# The method groups the paper compares: masked autoencoders (random and gene-programme
+# masking), the isolated masked autoencoders (their own group: they hide all genes but one
+# programme) and contrastive methods. Groups are compared method against method, never as
+# averages, so one strong method cannot carry a weak one.
+MASKED = ("random_mask", "gp_mask")
+ISOLATED = ("gp_to_gp", "gp_to_tf")
 CONTRASTIVE = ("byol", "barlow")
+# how the method comparisons look at a model: zero-shot by kNN, fine-tuned by its head
+MODEL_KINDS = ((zero_shot, KNN), (fine_tuned, CLASSIFIER))
 
 
 def _get(rows: dict[str, Row], name: str) -> Row:
@@ -172,8 +211,10 @@ def _rows(table, names: list[str]) -> list[Row]:
 
 def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integration: dict,
                    integration_methods: tuple[str, ...],
-                   cross_methods: tuple[str, ...]) -> list[Finding]:
-    """The paper's main findings, each as comparisons on this run's tables."""
+                   cross_methods: tuple[str, ...],
+                   variants: dict[str, Variant] | None = None) -> list[Finding]:
+    """The paper's main findings, each as comparisons on this run's tables; ``variants``
+    (config [variants]) add one finding each: the method against its variant."""
     t, u = transfer.rows, unseen.rows
     out = [
         Finding("Fine-tuning an SSL model pre-trained on auxiliary data beats supervised "
@@ -184,33 +225,15 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
                 "encoder (kNN)",
                 "zero-shot SSL kNN macro F1 0.6725 on the scTab test set",
                 [compare(_get(t, row_name(zero_shot(m), KNN)), _get(t, row_name(RANDOM_INIT, KNN)),
-                         "macro F1") for m in methods]),
+                         MACRO_F1) for m in methods]),
         Finding("Zero-shot SSL embeddings beat the PCA baseline (kNN)",
                 "SSL embeddings proposed beside PCA; Fig. 2a compares both",
                 [compare(_get(t, row_name(zero_shot(m), KNN)), _get(t, row_name(PCA_NAME, KNN)),
-                         "macro F1") for m in methods]),
+                         MACRO_F1) for m in methods]),
     ]
-    masking = [m for m in methods if m in MASKING]
-    contrastive = [m for m in methods if m in CONTRASTIVE]
-    if masking and contrastive:
-        out.append(Finding(
-            "Masked autoencoders outperform contrastive methods (BYOL, Barlow twins)",
-            "masking beat contrastive learning in the paper's comparisons",
-            [compare(averaged(_rows(transfer, [row_name(model(m), how) for m in masking]),
-                              f"masking ({kind}, {how})"),
-                     averaged(_rows(transfer, [row_name(model(m), how) for m in contrastive]),
-                              f"contrastive ({kind}, {how})"), "macro F1")
-             for model, kind, how in MODEL_KINDS]))
-    gp = [m for m in methods if m in MASKING and m != "random_mask"]
-    if "random_mask" in methods and gp:
-        out.append(Finding(
-            "Random masking is at least as good as gene-programme masking",
-            "random masking was the strongest or on par among the masking strategies",
-            [compare(_get(t, row_name(model("random_mask"), how)),
-                     averaged(_rows(transfer, [row_name(model(m), how) for m in gp]),
-                              f"gene-programme masking ({kind}, {how})"),
-                     "macro F1")
-             for model, kind, how in MODEL_KINDS]))
+    out += _method_findings(methods, t)
+    out += [Finding(v.claim, v.paper, _method_against_method(t, [(v.method, v.name)]))
+            for v in (variants or {}).values() if v.method in methods]
     out.append(Finding(
         "SSL pre-training helps on unseen data under distribution shift (IFN-beta "
         "stimulated cells)",
@@ -221,6 +244,12 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
         "SSL pre-training improves RNA-to-protein prediction",
         "Pearson 0.8809 (no pre-training) to 0.8943 (SSL)",
         [compare(_get(c, ssl(m)), _get(c, NO_PRETRAINING), "Pearson")
+         for m in cross_methods]))
+    out.append(Finding(
+        "SSL pre-training improves RNA-to-protein prediction of each protein (Pearson per "
+        "protein, averaged over proteins)",
+        "the flat Pearson is dominated by the differences between protein means",
+        [compare(_get(c, ssl(m)), _get(c, NO_PRETRAINING), PER_PROTEIN)
          for m in cross_methods]))
     out.append(Finding(
         "Every RNA-to-protein model beats predicting the mean",
@@ -242,6 +271,40 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
             "PCA is the integration baseline, scVI comparable to SSL-shallow",
             [compare(_get(table.rows, UNSUPERVISED), _get(table.rows, PCA_NAME), "Total",
                      f"Total on {name}") for name, table in integration.items()]))
+    holm([c for f in out for c in f.comparisons])  # the page's comparisons are one family
+    return out
+
+
+def _method_against_method(t: dict[str, Row], pairs: list[tuple[str, str]]
+                            ) -> list[Comparison]:
+    """Each pair (a, b) of methods compared zero-shot (kNN) and fine-tuned (classifier)."""
+    return [compare(_get(t, row_name(model(a), how)), _get(t, row_name(model(b), how)))
+            for model, how in MODEL_KINDS for a, b in pairs]
+
+
+def _method_findings(methods: tuple[str, ...], t: dict[str, Row]) -> list[Finding]:
+    """The paper's ranking of the pretext tasks, method against method."""
+    masked = [m for m in methods if m in MASKED]
+    isolated = [m for m in methods if m in ISOLATED]
+    contrastive = [m for m in methods if m in CONTRASTIVE]
+    out = []
+    if masked and contrastive:
+        out.append(Finding(
+            "Masked autoencoders (random, gene-programme masking) outperform contrastive "
+            "methods (BYOL, Barlow twins)",
+            "masked autoencoders performed better than contrastive learning",
+            _method_against_method(t, [(a, b) for a in masked for b in contrastive])))
+    if "random_mask" in methods and "gp_mask" in methods:
+        out.append(Finding(
+            "Random masking is at least as good as gene-programme masking",
+            "random masking consistently ranked among the top performers",
+            _method_against_method(t, [("random_mask", "gp_mask")])))
+    if "random_mask" in methods and isolated:
+        out.append(Finding(
+            "Random masking is at least as good as the isolated masked autoencoders (GP to "
+            "GP, GP to TF) for cell types",
+            "random masking among the top performers; GP to TF best only at reconstruction",
+            _method_against_method(t, [("random_mask", m) for m in isolated])))
     return out
 
 
@@ -249,5 +312,5 @@ def _fine_tuned_vs_supervised(rows: dict[str, Row], methods: tuple[str, ...]) ->
     """Each fine-tuned SSL model against the supervised one: by its classifier head and by kNN
     on its embedding (the paper's protocol)."""
     return [compare(_get(rows, row_name(fine_tuned(m), how)), _get(rows, row_name(SUPERVISED, how)),
-                    "macro F1") for how in (CLASSIFIER, KNN) for m in methods]
+                    MACRO_F1) for how in (CLASSIFIER, KNN) for m in methods]
 

@@ -5,34 +5,39 @@ the functions here only render them."""
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
 
 from ssl_census.core import atomic
+from ssl_census.pretext.options import method_options
 from ssl_census.reproduce import findings as fnd
 from ssl_census.reproduce import results as res
 from ssl_census.reproduce.config import ReproduceConfig
 from ssl_census.reproduce.facts import PageFacts, StoreFacts, gather_facts
 
 FIGURES = "results"  # docs/results/ beside docs/results.md
+VALUES = "values.csv"  # docs/results/values.csv: every value of the tables, per seed
 
 
-def _link(path: Path, page: Path, text: str) -> str:
-    return f"[{text}]({Path(os.path.relpath(path.resolve(), page.parent.resolve())).as_posix()})"
+def _path(path: Path | str) -> str:
+    """A path of the work directory, shown (not linked: the work directory is not in the
+    repository, so a link would be dead for a reader of it)."""
+    return f"`{_shown(str(path))}`"
+
+
+def _cell(values: list[float]) -> str:
+    mean, sd = res.mean_sd(values)
+    return "undefined" if math.isnan(mean) else f"{mean:.3f} ± {sd:.3f}"
 
 
 def table_markdown(table: res.Table, page: Path) -> str:
-    head = ["model", *table.metrics, "seeds", "sources (run reports)"]
+    head = ["model", *table.metrics, "seeds"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table.rows.values():
-        cells = []
-        for m in table.metrics:
-            mean, sd = res.mean_sd(row.values[m])
-            cells.append(f"{mean:.3f} ± {sd:.3f}")
-        links = " ".join(_link(src, page, f"s{seed}") for seed, src in zip(row.seeds, row.sources,
-                                                                           strict=True))
-        lines.append(f"| {row.name} | " + " | ".join(cells) + f" | {len(row.seeds)} | {links} |")
+        cells = [_cell(row.values[m]) for m in table.metrics]
+        lines.append(f"| {row.name} | " + " | ".join(cells) + f" | {len(row.seeds)} |")
     return "\n".join(lines)
 
 
@@ -77,7 +82,7 @@ def _store_lines(stores: list[StoreFacts], page: Path) -> list[str]:
     lines = ["| store | datasets selected | train | val | test | donors (train / val / test) |",
              "|---|---|---|---|---|---|"]
     for st in stores:
-        lines.append(f"| {_link(st.path, page, st.name)} | {st.selection} | "
+        lines.append(f"| {st.name} ({_path(st.path)}) | {st.selection} | "
                      + " | ".join(map(str, st.cells))
                      + f" | {' / '.join(map(str, st.donors))} |")
     return lines
@@ -115,16 +120,21 @@ def write_page(conf: ReproduceConfig, work: Path, page: Path, inputs: Any, censu
         "unseen": figures / "unseen-macro-f1.png",
         "cross": figures / "cross-modality-pearson.png",
     }
-    bar_figure(transfer, "macro F1", fig["transfer"], "Cell types on held-out kang donors")
-    bar_figure(unseen, "macro F1", fig["unseen"], "Cell types on IFN-beta stimulated cells")
+    bar_figure(transfer, res.MACRO_F1, fig["transfer"], "Cell types on held-out kang donors")
+    bar_figure(unseen, res.MACRO_F1, fig["unseen"], "Cell types on IFN-beta stimulated cells")
     bar_figure(cross, "Pearson", fig["cross"], "RNA to protein, pbmc10k CITE-seq")
     for name, table in integration.items():
         fig[f"integration-{name}"] = figures / f"integration-{name}-total.png"
         bar_figure(table, "Total", fig[f"integration-{name}"], f"scIB total score, {name}")
     found = fnd.paper_findings(conf.methods, transfer, unseen, cross, integration,
-                               conf.integration_methods, conf.cross_modality_methods)
+                               conf.integration_methods, conf.cross_modality_methods,
+                               conf.variants)
+    values = figures / VALUES
+    values.parent.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(values, res.values_csv([transfer, unseen, cross, *integration.values()],
+                                             work))
     facts = gather_facts(conf, work, inputs, genes, seconds, cross, integration)
-    parts = _header(conf, work, page, seeds, census, inputs, facts)
+    parts = _header(conf, work, page, seeds, census, inputs, facts, values)
     parts += _findings(found)
     parts += _section_transfer(conf, transfer, fig["transfer"], page)
     parts += _section_unseen(inputs, unseen, fig["unseen"], page)
@@ -137,7 +147,7 @@ def write_page(conf: ReproduceConfig, work: Path, page: Path, inputs: Any, censu
 
 
 def _header(conf: ReproduceConfig, work: Path, page: Path, seeds: list[int], census: str,
-            inputs: Any, facts: PageFacts) -> list[str]:
+            inputs: Any, facts: PageFacts, values: Path) -> list[str]:
     return [
         "# Results: the paper's comparisons on real cells",
         "",
@@ -154,14 +164,17 @@ def _header(conf: ReproduceConfig, work: Path, page: Path, seeds: list[int], cen
         f"- **Seeds**: {', '.join(map(str, seeds))} configured; the `seeds` column of each "
         "row says how many of them the row's mean and sd are over. Each seed re-runs "
         "pre-training, fine-tuning and the random train/val/test split of the CITE-seq cells.",
-        f"- **Methods**: {', '.join(conf.methods)}.",
-        "- **Census**: " + (f"`{census}`" if "://" in census
-                            else _link(Path(census), page, _shown(census))) + ", "
+        f"- **Methods**: {', '.join(conf.methods)}."
+        + "".join(f" Variant `{v.name}`: {v.method} with `{_options(v.options)}`, pre-trained, "
+                  "fine-tuned and evaluated like the methods; the method's own rows use its "
+                  "defaults (the paper's code), the variant's rows measure the alternative."
+                  for v in conf.variants.values()),
+        "- **Census**: " + (f"`{census}`" if "://" in census else _path(census)) + ", "
         + (f"built from `{conf.census_config}` (configs/census) over the shared data folder "
            f"`{inputs.data_dir}`." if Path(census) == work / "census"
            else "given with --census-uri."),
         f"- **Gene space**: {facts.n_genes} genes "
-        f"({_link(work / 'genes.txt', page, 'genes.txt')}): "
+        f"({_path(work / 'genes.txt')}): "
         f"{conf.gene_list}"
         + (f" restricted to the genes measured by {', '.join(conf.genes_measured_by)}"
            if conf.genes_measured_by else "")
@@ -173,9 +186,11 @@ def _header(conf: ReproduceConfig, work: Path, page: Path, seeds: list[int], cen
         "the paper trained for days on 15.2M cells, this is a CPU-sized run):",
         *(f"  - {line}" for line in _training_lines(facts.training)),
         f"- **Versions**: {facts.versions}.",
-        "- **Traceability**: every number below is the mean ± sd over seeds of values read "
-        "from the run reports linked in its row (`s0` = seed 0, ...), under "
-        f"{_link(res.runs_root(conf, work), page, 'the runs of this config')}.",
+        "- **Traceability**: every number below is the mean ± sd over seeds of the values in "
+        f"[{FIGURES}/{VALUES}]({_rel(values, page)}) (one line per table, row, metric and seed, "
+        "written by `make reproduce` with the page), each with the run report it was read "
+        f"from, under {_path(res.runs_root(conf, work))} (the work directory of `make "
+        "reproduce`, not in the repository).",
         "",
         "Shard stores (one census, disjoint datasets; splits by tech_sample = dataset/donor):",
         "",
@@ -186,10 +201,17 @@ def _header(conf: ReproduceConfig, work: Path, page: Path, seeds: list[int], cen
 
 def _findings(found: list[fnd.Finding]) -> list[str]:
     lines = ["## Which of the paper's findings hold on this data", "",
-             "Computed from the tables below: a comparison *holds* when the mean paired "
-             "difference over seeds minus two standard errors is above zero, is *reversed* "
-             "when the mean plus two standard errors is below zero, and is otherwise not "
-             "resolved by this many seeds.", ""]
+             "Computed from the tables below. Each comparison is a paired t-test over the "
+             "seeds both models have (n - 1 degrees of freedom), shown with the 95 % "
+             "confidence interval of the mean difference and its p-value. All comparisons on "
+             "this page are one family: their p-values are adjusted with Holm's method, so "
+             "the chance of any false verdict on the page stays at 5 %. A comparison *holds* "
+             "when its adjusted p-value is below 0.05 and the difference is positive, is "
+             "*reversed* when it is below 0.05 and negative, and is otherwise not resolved by "
+             f"this many seeds. Cell types are scored by the {res.MACRO_F1} (the paper's "
+             "figures: a prediction of a finer type than the annotation counts as right), "
+             "averaged over the classes that are true or predicted, as scikit-learn's "
+             "classification report does; the tables show the plain macro F1 beside it.", ""]
     lines += [*fnd.in_short(found), ""]
     for f in found:
         lines += [f"- **{f.claim}** (paper: {f.paper}): {f.summary()}."]
@@ -220,10 +242,13 @@ def _section_unseen(inputs: Any, table: res.Table, figure: Path, page: Path) -> 
     return [
         "## 2. Unseen data: IFN-beta stimulated kang cells",
         "",
-        f"The same models on {_link(h5ad, page, h5ad.name)} (stimulated cells only; in no "
-        f"store, labels `{label_key}`). kNN rows: 5-fold, each fold's cells classified by the "
-        "other folds' cells; classifier rows: the head fine-tuned on control cells, applied "
-        "to every stimulated cell.",
+        f"The same models on {_path(h5ad)} (stimulated cells only; in no store, labels "
+        f"`{label_key}`), as the paper treats unseen data: kNN rows classify each stimulated "
+        "cell by its 5 nearest kang control cells of the validation donors (the training "
+        "distribution; the PCA baseline is fitted on kang's training cells), so a cell's "
+        "neighbours are never other stimulated cells; classifier rows are the head "
+        "fine-tuned on control cells, applied to every stimulated cell. Cells whose label "
+        "names no kang type are left out.",
         "",
         table_markdown(table, page),
         "",
@@ -244,8 +269,12 @@ def _section_cross(conf: ReproduceConfig, table: res.Table, figure: Path, page: 
         f"{_genes_matched(facts.genes_matched['cross'])}`{conf.cross_modality_file}`, target "
         f"`obsm['{conf.cross_modality_target}']` "
         "(log1p-normalised), cells split 80/10/10 at random per seed; Pearson on the test "
-        "cells over all entries and per cell. `predict the mean` predicts the training cells' "
-        "mean of each protein.",
+        "cells over all entries, per protein (across cells, averaged over proteins) and per "
+        "cell (across proteins). `predict the mean` predicts the training cells' mean of "
+        "each protein; it already scores well on the flat Pearson, which is dominated by the "
+        "differences between protein means, so the per-protein Pearson is the figure that "
+        "shows whether a model learnt anything beyond the means (undefined for the mean, "
+        "which is constant per protein).",
         "",
         table_markdown(table, page),
         "",
@@ -294,12 +323,19 @@ def _section_limits(conf: ReproduceConfig, facts: PageFacts) -> list[str]:
         "types (164 in scTab). "
         "Gains that need millions of cells may not show here, and seed-to-seed noise is larger.",
     ]
+    lines.append(
+        f"- **Cell types**: curated with Cell Ontology release `{facts.cell_ontology}` (pinned: "
+        "docs/ingestion.md says why this release), kang keeps "
+        f"{len(facts.kang_type_names)}: {', '.join(facts.kang_type_names)}. scTab's rule kept "
+        "164 types of census 2023-05-15 with the CL release of its day; this local census "
+        "holds PBMC types only, so the rule here decides among far fewer candidates, and the "
+        "pinned release can count a type's ancestors one or two differently from scTab's.")
     if any(m in conf.gene_sets for m in conf.methods):
         sets = ", ".join(f"{m}: `{conf.gene_sets[m]}`" for m in conf.methods
                          if m in conf.gene_sets)
         lines.append(f"- **Gene programmes** ({sets}): offline stand-ins for MSigDB C8 and C3 "
                      "TFT, which need a network; programmes lose the members outside the gene "
-                     "space.")
+                     "space." + _masking_note(conf, facts))
     if facts.cross_targets is not None:
         lines.append(f"- **Cross-modality**: `{conf.cross_modality_file}` has "
                      f"{facts.cross_targets} "
@@ -312,6 +348,23 @@ def _section_limits(conf: ReproduceConfig, facts: PageFacts) -> list[str]:
                "unlike the paper's unseen datasets (new studies)." if shared
                else "none of their donors is among kang's fine-tuning donors."))
     return lines + [""]
+
+
+def _masking_note(conf: ReproduceConfig, facts: PageFacts) -> str:
+    """How much the masking methods hid: the configured rate and the realised share."""
+    parts = []
+    for method in ("random_mask", "gp_mask"):
+        if method in facts.masked_fractions:
+            rate = method_options(method, conf.method_options.get(method)).mask_rate
+            hidden = facts.masked_fractions[method]
+            parts.append(f"{method} asked for {rate:.0%} and hid {hidden:.1%} of the genes on "
+                         "average")
+    if not parts:
+        return ""
+    return (" In pre-training " + "; ".join(parts) + " (GP masking fills the rate with whole "
+            "programmes drawn at random per cell; its rate is lowered where the programmes "
+            "cover less of the gene space than the paper's 50 %). Masked inputs are rescaled "
+            "by 1 / (1 - masked share), as the paper's code does.")
 
 
 def _method_notes(conf: ReproduceConfig) -> list[str]:
@@ -328,9 +381,17 @@ def _method_notes(conf: ReproduceConfig) -> list[str]:
         "whose key is unchanged and removes and redoes the others, so the page never mixes "
         "two configurations. The keys do not cover the code: after changing it, delete the "
         "work directory (or the runs of the config) to redo everything. The page and figures "
-        "are rewritten from the reports after every phase of every seed.",
+        "are rewritten from the reports after every phase of every seed, and with them "
+        f"`{FIGURES}/{VALUES}`, the values they are made of. `[variants.<name>]` in the config "
+        "runs a method again with other `options` beside the methods (cell types), with a "
+        "finding of its own (`claim`, `paper`).",
         "",
     ]
+
+
+def _options(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k} = {str(v).lower() if isinstance(v, bool) else v}"
+                     for k, v in options.items())
 
 
 def _shown(path: str) -> str:

@@ -8,6 +8,8 @@ displayed, and a report that lacks an expected embedding is an error, not an emp
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -20,6 +22,14 @@ from ssl_census.reproduce.config import ReproduceConfig
 from ssl_census.tasks.cross_modality import SCORES
 
 DONE = "reproduce-step.json"  # written last into a finished training run (reproduce.runs)
+
+# Metrics of the classification tables: the hierarchy-aware macro F1 is the headline (the
+# paper's figures), plain macro and micro F1 beside it. Macro F1 averages over the classes
+# that are true or predicted (core.metrics.classification_scores).
+MACRO_F1 = "macro F1 (hierarchy-aware)"
+PLAIN_MACRO_F1 = "macro F1 (plain)"
+MICRO_F1 = "micro F1"
+CLASSIFICATION_METRICS = (MACRO_F1, PLAIN_MACRO_F1, MICRO_F1)
 
 # Row names of the classification tables (the findings look rows up by the same names).
 SUPERVISED = "supervised"
@@ -39,6 +49,13 @@ def row_name(model: str, how: str) -> str:
     """A classification row: a model (supervised, zero-shot m, ...) and how it classifies."""
     return f"{model}, {how}"
 
+
+# Metrics of the cross-modality table: Pearson over all entries (dominated by the differences
+# between protein means, which predicting the mean already gets), per protein across cells
+# (averaged over proteins: whether a model learnt anything beyond the means; undefined for
+# the mean baseline) and per cell across proteins.
+PER_PROTEIN = "Pearson per protein"
+CROSS_METRICS = ("Pearson", PER_PROTEIN, "Pearson per cell")
 
 # Rows of the cross-modality and integration tables.
 MEAN_BASELINE = "predict the mean"
@@ -104,8 +121,8 @@ def knn_scores(report: dict[str, Any], role: Role, source: Path) -> dict[str, An
 
 
 def _f1(scores: dict[str, Any]) -> dict[str, float]:
-    plain = scores["plain"] if "plain" in scores else scores
-    return {"macro F1": plain["macro_f1"], "micro F1": plain["micro_f1"]}
+    return {MACRO_F1: scores["hierarchy_aware"]["macro_f1"],
+            PLAIN_MACRO_F1: scores["plain"]["macro_f1"], MICRO_F1: scores["plain"]["micro_f1"]}
 
 
 def runs_root(conf: ReproduceConfig, work: Path) -> Path:
@@ -120,7 +137,7 @@ def _seed_dir(conf: ReproduceConfig, work: Path, seed: int) -> Path:
 def classification_table(conf: ReproduceConfig, work: Path, seeds: list[int], report: str,
                          title: str) -> Table:
     """kNN and classifier-head F1 of the cell-type runs, from ``evaluation/<report>.json``."""
-    table = Table(title, ("macro F1", "micro F1"))
+    table = Table(title, CLASSIFICATION_METRICS)
     for seed in seeds:
         runs = _seed_dir(conf, work, seed) / "celltype"
         sup_path = runs / "supervised" / "evaluation" / f"{report}.json"
@@ -133,7 +150,7 @@ def classification_table(conf: ReproduceConfig, work: Path, seeds: list[int], re
         if classifier_scores(sup):
             table.add(row_name(SUPERVISED, CLASSIFIER), seed, sup_path,
                       _f1(classifier_scores(sup)))
-        for method in conf.methods:
+        for method in (*conf.methods, *conf.variants):
             path = runs / method / "evaluation" / f"{report}.json"
             rep = _read(path)
             if rep is None:
@@ -148,16 +165,16 @@ def classification_table(conf: ReproduceConfig, work: Path, seeds: list[int], re
 
 
 def classifier_scores(report: dict[str, Any]) -> dict[str, Any] | None:
-    """The head's scores: on a store ``classifier.plain``; on an h5ad the part of the cells
-    whose labels the run knows (``classifier.scored_on_known_labels``)."""
+    """The head's scores (plain and hierarchy-aware): on a store ``classifier``; on an h5ad
+    the part of the cells whose labels the run knows (``classifier.scored_on_known_labels``)."""
     c = report.get("classifier")
     if not c:
         return None
-    return c.get("plain") or c.get("scored_on_known_labels")
+    return c if "plain" in c else c.get("scored_on_known_labels")
 
 
 def cross_modality_table(conf: ReproduceConfig, work: Path, seeds: list[int]) -> Table:
-    table = Table("RNA to protein, test cells", ("Pearson", "Pearson per cell"))
+    table = Table("RNA to protein, test cells", CROSS_METRICS)
     for seed in seeds:
         runs = _seed_dir(conf, work, seed) / "cross_modality"
         base_path = runs / "random" / SCORES
@@ -175,7 +192,10 @@ def cross_modality_table(conf: ReproduceConfig, work: Path, seeds: list[int]) ->
 
 
 def _pearsons(scores: dict[str, Any]) -> dict[str, float]:
-    return {"Pearson": scores["pearson"], "Pearson per cell": scores["pearson_per_cell_mean"]}
+    # predicting the mean is constant per protein: its per-protein correlation is undefined
+    return {"Pearson": scores["pearson"],
+            PER_PROTEIN: scores.get("pearson_per_feature_mean", math.nan),
+            "Pearson per cell": scores["pearson_per_cell_mean"]}
 
 
 INTEGRATION_METRICS = ("Bio conservation", "Batch correction", "Total")
@@ -228,6 +248,22 @@ def training_lengths(conf: ReproduceConfig, work: Path) -> dict[str, Training]:
     return out
 
 
+def masked_fractions(conf: ReproduceConfig, work: Path) -> dict[str, float]:
+    """Per masking method, the realised share of hidden input genes during pre-training
+    (``masked_fraction`` of its logged training steps, all seeds), read from the runs."""
+    out: dict[str, list[float]] = {}
+    for seed in conf.seeds:
+        for method in conf.methods:
+            metrics = _seed_dir(conf, work, seed) / "pretrain" / method / "metrics.jsonl"
+            if not metrics.is_file():
+                continue
+            for line in metrics.read_text().splitlines():
+                record = json.loads(line)
+                if record.get("split") == "train" and "masked_fraction" in record:
+                    out.setdefault(method, []).append(float(record["masked_fraction"]))
+    return {m: sum(v) / len(v) for m, v in out.items()}
+
+
 def step_seconds(conf: ReproduceConfig, work: Path) -> float:
     """Compute time recorded by every finished run and evaluation under ``work``."""
     total = 0.0
@@ -235,3 +271,32 @@ def step_seconds(conf: ReproduceConfig, work: Path) -> float:
         if path.name == DONE or path.parent.name == "evaluation" or path.name.startswith("scores-"):
             total += float(json.loads(path.read_text()).get("seconds", 0.0))
     return total
+
+
+VALUES_COLUMNS = ("table", "row", "metric", "seed", "value", "report")
+
+
+def values_csv(tables: list[Table], work: Path) -> str:
+    """Every value the page's tables are made of, one line per table, row, metric and seed,
+    with the run report it was read from (relative to the work directory): the compact
+    results file committed beside the page, so a reader of the repository can check every
+    mean and test without the work directory."""
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(VALUES_COLUMNS)
+    for table in tables:
+        for row in table.rows.values():
+            for metric in table.metrics:
+                for seed, value, source in zip(row.seeds, row.values[metric], row.sources,
+                                               strict=True):
+                    out.writerow((table.title, row.name, metric, seed,
+                                  "" if math.isnan(value) else repr(float(value)),
+                                  _relative(source, work)))
+    return buf.getvalue()
+
+
+def _relative(path: Path, work: Path) -> str:
+    try:
+        return path.resolve().relative_to(work.resolve()).as_posix()
+    except ValueError:
+        return str(path)

@@ -19,6 +19,7 @@ Layout under the work directory (``<R>`` = ``runs/<config name>``)::
     <R>/seed<S>/celltype/{supervised,<method>}        finetune --task celltype on kang
         evaluation/kang.json                           evaluate on kang's held-out donors
         evaluation/unseen.json                         evaluate on the stimulated cells (h5ad)
+                                                       against kang's validation cells
     <R>/seed<S>/cross_modality/{random,<method>}      finetune --task cross_modality
     <R>/seed<S>/integration/{unsupervised,<m>,<m>-shallow}   finetune --task integration
     <R>/seed<S>/integration/scores-<dataset>.json     scIB of those runs and PCA, in one
@@ -163,17 +164,23 @@ class Experiment:
 
     # -- training runs -------------------------------------------------------------------
 
-    def pretrain(self, seed: int, method: str) -> Step:
-        out = self._dir(seed, "pretrain", method)
+    def pretrain(self, seed: int, name: str) -> Step:
+        """The pre-training run of a method, or of a variant (its method with the variant's
+        options laid over the method's)."""
+        out = self._dir(seed, "pretrain", name)
         store = self.inputs.stores["auxiliary"]
+        variant = self.conf.variants.get(name)
+        method = variant.method if variant else name
+        options = {**self.conf.method_options.get(method, {}),
+                   **(variant.options if variant else {})}
         gene_sets = self.conf.gene_sets.get(method)
         cfg = _stage_config(method, "pretrain", self.conf.pretrain, {
             "method": method, "device": self.conf.device, "train": {"seed": seed},
-            "options": self.conf.method_options.get(method, {}),
+            "options": options,
             "gene_sets": str(self.inputs.data_dir / gene_sets) if gene_sets else None})
         inputs = {"stage": "pretrain", "config": cfg, "shards": self._id(store),
                   "gene_sets": self._id(self.inputs.data_dir / gene_sets) if gene_sets else None}
-        return Step("train", f"pretrain {method} seed {seed}", out, inputs,
+        return Step("train", f"pretrain {name} seed {seed}", out, inputs,
                     lambda: run_pretraining(cfg, store, out))
 
     def finetune(self, seed: int, task: str, name: str, init: Step | None,
@@ -190,7 +197,8 @@ class Experiment:
 
     def pretrained(self, seed: int) -> dict[str, Step]:
         """Every method's pre-training run of ``seed``."""
-        methods = dict.fromkeys((*self.conf.methods, *self.conf.cross_modality_methods,
+        methods = dict.fromkeys((*self.conf.methods, *self.conf.variants,
+                                 *self.conf.cross_modality_methods,
                                  *self.conf.integration_methods))
         return {m: self.pretrain(seed, m) for m in methods}
 
@@ -202,7 +210,7 @@ class Experiment:
         kang = self.inputs.stores["kang"]
         h5ad, label_key = self.inputs.unseen
         runs = {"supervised": self.finetune(seed, "celltype", "supervised", None, shards=kang)}
-        for method in self.conf.methods:
+        for method in (*self.conf.methods, *self.conf.variants):
             runs[method] = self.finetune(seed, "celltype", method, pretrained[method],
                                          shards=kang)
         options = self._eval_options(seed)
@@ -213,10 +221,14 @@ class Experiment:
                 Step("evaluation", f"evaluate {name} seed {seed} (kang)",
                      run.path / "evaluation" / "kang.json", {**common, "shards": self._id(kang)},
                      lambda run=run: evaluate_shards(run.path, kang, options)),
+                # the paper's unseen-data protocol: the stimulated cells against kang's
+                # validation (control) cells, not against one another
                 Step("evaluation", f"evaluate {name} seed {seed} (unseen)",
                      run.path / "evaluation" / "unseen.json",
-                     {**common, "h5ad": self._id(h5ad), "label_key": label_key},
-                     lambda run=run: evaluate_h5ad(run.path, h5ad, label_key, options)),
+                     {**common, "h5ad": self._id(h5ad), "label_key": label_key,
+                      "reference": self._id(kang)},
+                     lambda run=run: evaluate_h5ad(run.path, h5ad, label_key, options,
+                                                   reference=kang)),
             ]
         return [*runs.values(), *evals]
 

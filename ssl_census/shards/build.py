@@ -41,7 +41,7 @@ from ssl_census import __version__
 from ssl_census.core import atomic
 from ssl_census.core.errors import UserError
 from ssl_census.core.measure import directory_bytes
-from ssl_census.core.ontology import load_cell_ontology
+from ssl_census.core.ontology import load_cell_ontology, ontology_package
 from ssl_census.core.progress import progress
 from ssl_census.shards import merge, parts, source
 from ssl_census.shards.config import ShardsConfig
@@ -84,6 +84,8 @@ class BuildReport:
     # per dataset_id: parts planned, parts found finished in the parts directory, cells read
     datasets: dict[str, dict[str, int]] = field(default_factory=dict)
     parts_bytes: int = 0  # the parts on disk after phase 1: the build's peak scratch space
+    # the main process's peak RSS at the end of each phase (cumulative: where the peak rises)
+    phase_peak_rss_bytes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -157,18 +159,32 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def sample_nnz_per_cell(census: Any, obs: pd.DataFrame, gene_joinids: np.ndarray) -> float:
-    """Mean non-zeros per cell over the gene space, from the first cells of a few datasets
-    spread over the census (a read of a few thousand cells)."""
-    datasets = obs["dataset_id"].astype(str).unique()
-    picks = datasets[np.linspace(0, len(datasets) - 1, min(SAMPLE_DATASETS, len(datasets)))
-                     .astype(int)]
-    cells = nnz = 0
-    for d in picks:
-        ids = obs["soma_joinid"].to_numpy()[(obs["dataset_id"] == d).to_numpy()][:SAMPLE_CELLS]
-        for _, m in source.iter_raw_blocks(census, ids, gene_joinids, SAMPLE_CELLS):
-            cells, nnz = cells + m.shape[0], nnz + m.nnz
-    return nnz / max(cells, 1)
+@dataclass(frozen=True)
+class DensitySample:
+    """Non-zeros per cell over the gene space, from the first cells of a few datasets."""
+
+    mean: float  # over all sampled cells: the disk check
+    densest: float  # the densest sampled dataset's mean: the size of parts
+
+    @classmethod
+    def of(cls, census: Any, obs: pd.DataFrame, gene_joinids: np.ndarray) -> DensitySample:
+        """Read up to SAMPLE_CELLS cells of SAMPLE_DATASETS datasets spread over the census."""
+        if obs.empty:
+            return cls(0.0, 0.0)
+        datasets = np.asarray(obs["dataset_id"].unique()).astype(str)  # not a string per cell
+        picks = datasets[np.linspace(0, len(datasets) - 1,
+                                     min(SAMPLE_DATASETS, len(datasets))).astype(int)]
+        cells = nnz = 0
+        densest = 0.0
+        for d in picks:
+            ids = obs["soma_joinid"].to_numpy()[(obs["dataset_id"] == d).to_numpy()]
+            d_cells = d_nnz = 0
+            for _, m in source.iter_raw_blocks(census, ids[:SAMPLE_CELLS], gene_joinids,
+                                               SAMPLE_CELLS):
+                d_cells, d_nnz = d_cells + m.shape[0], d_nnz + m.nnz
+            cells, nnz = cells + d_cells, nnz + d_nnz
+            densest = max(densest, d_nnz / max(d_cells, 1))
+        return cls(nnz / max(cells, 1), densest)
 
 
 def check_free_space(out: Path, n_cells: int, nnz_per_cell: float) -> None:
@@ -269,6 +285,7 @@ def build_shards(
     spec = CensusSpec(version=None if census_uri else (census_version or "2023-05-15"),
                       uri=census_uri)
     phases: dict[str, float] = {}
+    peaks: dict[str, int] = {}
     with _disk_errors(out), spec.open() as census:
         summary = source.read_summary(census)
         var = source.read_var(census)
@@ -284,20 +301,20 @@ def build_shards(
         obs = source.read_eligible_obs(census, config.query.value_filter())
         obs = select_datasets(obs, source.read_datasets(census), config.query.include_datasets,
                               config.query.exclude_datasets)
-        nnz_per_cell = (sample_nnz_per_cell(census, obs, space.var["soma_joinid"].to_numpy())
-                        if not obs.empty else 0.0)
+        density = DensitySample.of(census, obs, space.var["soma_joinid"].to_numpy())
         phases["obs"] = time.perf_counter() - t0
+        peaks["obs"] = _peak_rss()[0]
     if obs.empty:
         raise UserError(f"the filter `{config.query.value_filter()}` selects no census cells",
                         "check the census and the [query] section of the config")
-    obs["tech_sample"] = tech_sample(obs["dataset_id"], obs["donor_id"]).astype("category")
+    obs["tech_sample"] = tech_sample(obs["dataset_id"], obs["donor_id"])
     obs["split"] = assign_splits(obs["tech_sample"], config.split)
     obs["position"] = dataset_positions(obs)
     types = curate_cell_types(obs, ontology, config.curation)
     if types.kept.empty and not config.curation.keep_unlabelled:
         raise UserError("no cell type passes the curation thresholds",
                         "lower the thresholds in [curation] or set keep_unlabelled = true")
-    check_free_space(out, len(obs), nnz_per_cell)
+    check_free_space(out, len(obs), density.mean)
     claim_out_dir(out, build_id, {"census": spec.identity(), "config": config.name})
 
     part_root = Path(parts_dir) if parts_dir else out / PARTS_DIR
@@ -305,13 +322,16 @@ def build_shards(
     # the main process holds the eligible obs twice while the tasks take their slices
     main_bytes = parts.PROCESS_BASELINE + 2 * int(obs.memory_usage(deep=True).sum())
     tasks = plan_parts(obs, fingerprints, space, config, spec, part_root,
-                       parts.cells_per_part(memory_budget, workers, main_bytes))
+                       parts.cells_per_part(memory_budget, workers, main_bytes,
+                                              density.densest))
     del obs
     reuse = dataset_reuse(tasks)
     t1 = time.perf_counter()
+    peaks["plan"] = _peak_rss()[0]  # curation, split and part tasks
     with _disk_errors(out):
         built, cells_read = run_parts(tasks, workers)
         phases["parts"] = time.perf_counter() - t1
+        peaks["parts"] = _peak_rss()[0]
         part_dirs = [t.directory for t in tasks]
         part_ids = [parts.PartIds.of(t) for t in tasks]
         parts_bytes = sum(directory_bytes(d) for d in part_dirs)
@@ -329,6 +349,7 @@ def build_shards(
             if private_parts:  # nobody else reads them: free the scratch space split by split
                 parts.remove_split_files(part_dirs, s)
         phases["merge"] = time.perf_counter() - t2
+        peaks["merge"] = _peak_rss()[0]
         write_tables(out, space.var, labels)
         dropped = sum(parts.read_summary(d)["dropped_empty"] for d in part_dirs)
         manifest = finish_store(out, _manifest(build_id, spec, summary, config, space,
@@ -336,7 +357,8 @@ def build_shards(
     _clean_up(out, parts_dir is None and not keep_parts)
     own, children = _peak_rss()
     return BuildReport(out, manifest, len(tasks), built, cells_read,
-                       time.perf_counter() - t0, phases, own, children, reuse, parts_bytes)
+                       time.perf_counter() - t0, phases, own, children, reuse, parts_bytes,
+                       peaks)
 
 
 def dataset_reuse(tasks: list[parts.PartTask]) -> dict[str, dict[str, int]]:
@@ -399,6 +421,7 @@ def _manifest(build_id: str, spec: CensusSpec, summary: dict[str, str], config: 
                   "include_datasets": list(config.query.include_datasets),
                   "exclude_datasets": list(config.query.exclude_datasets)},
         "thresholds": {**config.curation.__dict__, "cl_release": cl_release},
+        "cell_ontology": {"release": cl_release, "source": ontology_package()},
         "cell_types": {"candidates": int(len(table)), "kept": int(table["kept"].sum())},
         "gene_list": {"sha256": space.sha256, "n_genes": space.n_genes,
                       "n_listed": space.n_listed, "source": Path(space.source).name},

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ssl_census.core.config import check_keys, load_toml, section
 from ssl_census.core.errors import UserError
+from ssl_census.core.ontology import PINNED_CL_RELEASE
 
 TENX_ASSAYS = (
     "10x 5' v2", "10x 3' v3", "10x 3' v2", "10x 5' v1", "10x 3' v1",
@@ -44,7 +46,7 @@ class CurationConfig:
     min_tech_samples: int = 30
     min_ancestors: int = 7
     root: str = "CL:0000003"
-    cl_release: str | None = None
+    cl_release: str | None = PINNED_CL_RELEASE
     keep_unlabelled: bool = False
 
 
@@ -76,12 +78,16 @@ class ShardsConfig:
 
 def load_shards_config(path: str | Path) -> ShardsConfig:
     """Read a shards config: a TOML path or a preset name under configs/shards/."""
-    raw = load_toml(path, kind="shards")
+    return parse_shards_config(load_toml(path, kind="shards"), Path(path).stem)
+
+
+def parse_shards_config(raw: Mapping[str, Any], default_name: str = "custom") -> ShardsConfig:
+    """A shards config from its TOML tables (unknown keys refused)."""
     sections = {"query": QueryConfig, "curation": CurationConfig, "genes": GenesConfig,
                 "split": SplitConfig}
     check_keys(raw, (*sections, "name", "shuffle_seed"), "the shards config")
     cfg = ShardsConfig(
-        name=str(raw.get("name", Path(path).stem)),
+        name=str(raw.get("name", default_name)),
         shuffle_seed=int(raw.get("shuffle_seed", 0)),
         **{k: section(cls, raw.get(k, {}), f"[{k}] of the shards config")
            for k, cls in sections.items()},

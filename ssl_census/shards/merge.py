@@ -27,6 +27,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -84,21 +85,35 @@ class ShardTask:
 def cell_codes(term_ids: pd.Series, codes: Mapping[str, int], keep_unlabelled: bool
                ) -> tuple[np.ndarray, np.ndarray]:
     """(kept mask, cell_type_code) for cells with these CL ids."""
-    code = term_ids.astype(str).map(codes).fillna(UNLABELLED_CODE).to_numpy(np.int32)
+    terms = pd.Categorical(term_ids)  # looked up per category, not per cell
+    per_term = np.array([codes.get(str(t), UNLABELLED_CODE) for t in terms.categories]
+                        + [UNLABELLED_CODE], dtype=np.int32)
+    code = per_term[terms.codes]  # code -1 (missing) takes the appended UNLABELLED_CODE
     kept = np.ones(len(code), bool) if keep_unlabelled else code != UNLABELLED_CODE
     return kept, code
 
 
-def concat_obs(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    """Stack obs frames keeping string columns categorical (pd.concat would turn categoricals
-    with different categories into one Python string per row)."""
-    out = {}
+def concat_columns(frames: list[pd.DataFrame]) -> dict[str, Any]:
+    """Stack obs frames column by column, string columns kept categorical (pd.concat would turn
+    categoricals with different categories into one Python string per row)."""
+    out: dict[str, Any] = {}
     for col in frames[0].columns:
         if isinstance(frames[0][col].dtype, pd.CategoricalDtype):
             out[col] = union_categoricals([f[col] for f in frames])
         else:
             out[col] = np.concatenate([f[col].to_numpy() for f in frames])
-    return pd.DataFrame(out)
+    return out
+
+
+def reordered(columns: dict[str, Any], order: np.ndarray) -> pd.DataFrame:
+    """The columns in ``order``, one at a time, each original dropped once taken: the split's
+    obs exists once plus one column, not twice (millions of cells at census scale)."""
+    out: dict[str, Any] = {}
+    for name in list(columns):
+        col = columns.pop(name)
+        out[name] = col.take(order) if isinstance(col, pd.Categorical) else col[order]
+        del col
+    return pd.DataFrame(out, copy=False)
 
 
 def plan_split(parts: list[Path], split: str, codes: Mapping[str, int], keep_unlabelled: bool,
@@ -124,11 +139,12 @@ def plan_split(parts: list[Path], split: str, codes: Mapping[str, int], keep_unl
         empty = np.zeros(0, dtype=np.int64)
         obs = pd.DataFrame({c: pd.Series([], dtype=object) for c in PLAN_OBS_COLUMNS})
         return SplitPlan(obs, empty.astype(np.int32), empty, empty, 0)
-    obs = concat_obs(frames)
+    columns = concat_columns(frames)
     del frames
-    order = shuffle_order(obs["dataset_id"], obs["position"].to_numpy(), shuffle_seed)
-    max_count = int(obs["max_count"].max()) if len(obs) else 0
-    obs = obs.drop(columns=["position", "max_count"]).iloc[order].reset_index(drop=True)
+    order = shuffle_order(columns["dataset_id"], columns["position"], shuffle_seed)
+    max_count = int(columns.pop("max_count").max())
+    del columns["position"]
+    obs = reordered(columns, order)
     return SplitPlan(obs, np.concatenate(part_ids)[order], np.concatenate(rows)[order],
                      np.concatenate(nnz)[order], max_count)
 

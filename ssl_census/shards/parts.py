@@ -51,11 +51,14 @@ PART_OBS_COLUMNS = ("position", "dataset_id", "donor_id", "tech_sample", "assay"
                     "tissue_general", "cell_type", "cell_type_ontology_term_id")
 # Memory model (measured here): a process with the census open and a read block in flight
 # uses about PROCESS_BASELINE bytes; assembling a part costs about BYTES_PER_NNZ a non-zero
-# (compact block copies, the row gather, float64 normalisation, the sorted outputs); cells
-# are assumed to have ASSUMED_NNZ_PER_CELL non-zeros in the gene space before any is read.
+# (compact block copies, the row gather, float64 normalisation, the sorted outputs). Parts are
+# sized for the densest dataset of the build's sample (build.sample_density) with
+# DENSITY_MARGIN to spare, at least MIN_ASSUMED_NNZ_PER_CELL: sized for a fixed 2,500, a
+# census of 200 non-zeros per cell was cut into 12 times more parts than its memory needed.
 PROCESS_BASELINE = 600 << 20
 BYTES_PER_NNZ = 56
-ASSUMED_NNZ_PER_CELL = 2500
+DENSITY_MARGIN = 1.5
+MIN_ASSUMED_NNZ_PER_CELL = 100
 READ_BLOCK_CELLS = 2048  # cells per census read: larger blocks only cost memory here
 
 
@@ -103,10 +106,13 @@ def part_key(fingerprint: str, obs: pd.DataFrame, splits: np.ndarray,
     return h.hexdigest()[:32]
 
 
-def cells_per_part(memory_budget: int, workers: int, main_bytes: int) -> int:
-    """Cells a worker may assemble at once: its share of what the main process leaves."""
+def cells_per_part(memory_budget: int, workers: int, main_bytes: int,
+                   densest_nnz_per_cell: float) -> int:
+    """Cells a worker may assemble at once: its share of what the main process leaves, at the
+    densest sampled dataset's non-zeros per cell (with a margin)."""
     share = (memory_budget - main_bytes) // max(workers, 1) - PROCESS_BASELINE
-    return int(max(READ_BLOCK_CELLS, share // (BYTES_PER_NNZ * ASSUMED_NNZ_PER_CELL)))
+    nnz = max(MIN_ASSUMED_NNZ_PER_CELL, DENSITY_MARGIN * densest_nnz_per_cell)
+    return int(max(READ_BLOCK_CELLS, share // (BYTES_PER_NNZ * nnz)))
 
 
 _OPEN: dict[CensusSpec, Any] = {}

@@ -36,7 +36,7 @@ def select_datasets(obs: pd.DataFrame, datasets: pd.DataFrame, include: tuple[st
     """The cells of the included datasets (all when ``include`` is empty) minus the excluded."""
     if not include and not exclude:
         return obs
-    ids = obs["dataset_id"].astype(str)
+    ids = obs["dataset_id"]  # categorical: isin compares per category, not per cell
     keep = np.ones(len(obs), dtype=bool)
     if include:
         keep &= ids.isin(matching_dataset_ids(datasets, include, "include_datasets")).to_numpy()

@@ -33,7 +33,20 @@ SHUFFLE_RULE = ("rows ordered by (splitmix64(position + d), d, position), "
 
 
 def tech_sample(dataset_id: pd.Series, donor_id: pd.Series) -> pd.Series:
-    return dataset_id.astype(str) + "/" + donor_id.astype(str)
+    """``dataset_id/donor_id`` of each cell, categorical with sorted categories.
+
+    Made from the distinct (dataset, donor) pairs, one string per pair: a string per cell
+    would cost gigabytes at census scale."""
+    ds, dn = pd.Categorical(dataset_id), pd.Categorical(donor_id)
+    if (ds.codes < 0).any() or (dn.codes < 0).any():  # missing ids: named "nan" as str() does
+        ds, dn = pd.Categorical(dataset_id.astype(str)), pd.Categorical(donor_id.astype(str))
+    pair = ds.codes.astype(np.int64) * len(dn.categories) + dn.codes
+    pairs, cell_pair = np.unique(pair, return_inverse=True)
+    names = np.array([f"{ds.categories[p // len(dn.categories)]}/"
+                      f"{dn.categories[p % len(dn.categories)]}" for p in pairs], dtype=object)
+    categories, pair_category = np.unique(names.astype(str), return_inverse=True)
+    return pd.Series(pd.Categorical.from_codes(pair_category[cell_pair], categories),
+                     index=dataset_id.index)
 
 
 def split_fraction(name: str, salt: str) -> float:
@@ -44,8 +57,8 @@ def split_fraction(name: str, salt: str) -> float:
 
 def assign_splits(tech_samples: pd.Series, cfg: SplitConfig) -> np.ndarray:
     """Split index (0 train, 1 val, 2 test) of each entry of ``tech_samples``."""
-    cat = pd.Categorical(tech_samples.astype(str))
-    u = np.array([split_fraction(t, cfg.salt) for t in cat.categories], dtype=np.float64)
+    cat = pd.Categorical(tech_samples)  # per category, not per cell (millions of cells)
+    u = np.array([split_fraction(str(t), cfg.salt) for t in cat.categories], dtype=np.float64)
     edges = np.cumsum(cfg.fractions)[:-1]
     per_category = np.searchsorted(edges, u, side="right").astype(np.int8)
     return per_category[cat.codes]

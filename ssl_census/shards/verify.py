@@ -110,7 +110,10 @@ def _check_split(root: Path, split: str, claimed: dict, labels: pd.DataFrame) ->
         if not np.array_equal(per_code, labels[f"n_{split}"].to_numpy()):
             problems.append(f"{split}: cells per type differ from labels.parquet n_{split}")
         terms = labels["cell_type_ontology_term_id"].to_numpy()[codes[codes >= 0]]
-        if not np.array_equal(terms, obs["cell_type_ontology_term_id"].astype(str)[codes >= 0]):
+        cell_terms = pd.Categorical(obs["cell_type_ontology_term_id"])  # not a string per cell
+        labelled = cell_terms.codes[codes >= 0]
+        if (labelled < 0).any() or not np.array_equal(
+                terms, cell_terms.categories.astype(str)[labelled]):
             problems.append(f"{split}: cell_type_code does not match cell_type_ontology_term_id")
     return problems + _check_values(arrays, obs, split)
 
@@ -121,7 +124,7 @@ def _check_disjoint(root: Path, splits: list[str]) -> list[str]:
     problems = []
     for s in splits:
         obs = read_parquet(root / s / "obs.parquet")
-        for ts in obs["tech_sample"].astype(str).unique():
+        for ts in np.asarray(obs["tech_sample"].unique()).astype(str):
             if ts in seen_ts and seen_ts[ts] != s:
                 problems.append(f"tech_sample {ts} is in both {seen_ts[ts]} and {s}")
             seen_ts[ts] = s

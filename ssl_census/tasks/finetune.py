@@ -26,12 +26,16 @@ from ssl_census.shards.store import ShardStore, open_shards, write_parquet
 from ssl_census.tasks.config import FinetuneConfig
 from ssl_census.tasks.cross_modality import cross_modality_data, score_cross_modality
 from ssl_census.tasks.inputs import shard_task_data
-from ssl_census.tasks.objectives import freeze_all_but_last_layer
+from ssl_census.tasks.objectives import (
+    NegativeBinomialReconstruction,
+    freeze_all_but_last_layer,
+)
 from ssl_census.tasks.runs import (
     RUN_LABELS,
     RUN_VAR,
     build_objective,
     initial_encoder,
+    pretrained_decoder,
     run_gene_space,
 )
 from ssl_census.training.pretrain import model_card
@@ -74,10 +78,13 @@ def run_finetune(config: FinetuneConfig | Mapping[str, Any], out: Path, init: st
         if cfg.shallow:
             freeze_all_but_last_layer(encoder)
         objective = build_objective(task, encoder, td.spec)
+        decoder_from = []
+        if isinstance(objective, NegativeBinomialReconstruction):
+            decoder_from = objective.start_decoder_from(pretrained_decoder(init))
         init_path = init if init == "random" else str(Path(init).resolve())
         card.update(method=f"finetune:{task}", task=task, task_spec=td.spec, init=init_path,
                     init_method=(init_card or {}).get("method", "random"),
-                    shallow=cfg.shallow)
+                    shallow=cfg.shallow, decoder_from_pretrained=decoder_from)
 
         def write_tables(run: RunDir) -> None:
             _write_run_tables(run, var, td.store)

@@ -76,6 +76,35 @@ class NegativeBinomialReconstruction(Objective):
         self.decoder = Decoder(encoder.n_genes, hidden, encoder.dropout)
         self.log_theta = nn.Parameter(torch.zeros(encoder.n_genes))
 
+    def start_decoder_from(self, pretrained: dict[str, torch.Tensor]) -> list[str]:
+        """Copy a pre-trained decoder's hidden layers into this one (as the paper's code
+        does); returns the names of the tensors copied.
+
+        The layers mirror the encoder, so they match by name and shape, except the first one
+        when the decoder also reads the batch one-hot: its latent columns come from the
+        pre-trained layer and the batch columns keep their fresh initialisation. The output
+        layer starts fresh: pre-training predicts log1p values, this one the logits of gene
+        proportions.
+        """
+        linears = [name for name, m in self.decoder.named_modules() if isinstance(m, nn.Linear)]
+        copied = []
+        with torch.no_grad():
+            for layer in linears[:-1]:
+                for kind in ("weight", "bias"):
+                    key = f"{layer}.{kind}"
+                    source = pretrained.get(key)
+                    target = self.decoder.get_parameter(key)
+                    if source is None or source.shape[0] != target.shape[0]:
+                        continue
+                    if source.shape == target.shape:
+                        target.copy_(source)
+                    elif kind == "weight" and source.shape[1] < target.shape[1]:
+                        target[:, : source.shape[1]].copy_(source)  # latent columns only
+                    else:
+                        continue
+                    copied.append(key)
+        return copied
+
     def _decoder_input(self, z: torch.Tensor, batch: Any) -> torch.Tensor:
         if not self.n_batches:
             return z

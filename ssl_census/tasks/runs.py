@@ -76,6 +76,19 @@ def initial_encoder(init: str, n_genes: int, model: ModelConfig,
     return encoder.train(), card
 
 
+def pretrained_decoder(init: str) -> dict[str, torch.Tensor]:
+    """The decoder weights of the pre-training run ``init`` (its best checkpoint, else its
+    last), keyed as in :class:`~ssl_census.models.mlp.Decoder`; empty for a random init or a
+    method without a decoder (BYOL, Barlow twins)."""
+    if init == "random":
+        return {}
+    run = RunDir(init)
+    name = "best" if (run.checkpoints / "best.pt").is_file() else "last"
+    model = run.load(name)["model"]
+    prefix = "decoder."
+    return {k.removeprefix(prefix): v for k, v in model.items() if k.startswith(prefix)}
+
+
 # -- building the objective of a task (also used to read a run back) ---------------------------
 
 
