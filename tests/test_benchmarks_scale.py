@@ -22,7 +22,9 @@ def _row(cells: int, build: float, loader: float) -> dict:
     split = {"cells": cells // 3, "tech_samples": 10}
     return {
         "cells": cells, "census_bytes": 2**30,
+        "census": {"cells_per_s": 30_000.0},
         "build": {"cells_per_s": build, "phases": {"parts": 1.0}, "peak_rss_tree_bytes": 2**31,
+                  "peak_rss_main_bytes": 2**30,
                   "parts_bytes": 2**30, "store_bytes": 2**31},
         "verify": {"seconds": 3.0, "ok": True},
         "curation": {"types_kept": 16, "kept_equals_intended": False,

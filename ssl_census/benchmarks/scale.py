@@ -275,12 +275,14 @@ def run_scale(work: Path, sizes: list[int], nnz_per_cell: int, workers: int,
 
 def _fmt(row: dict[str, Any]) -> list[str]:
     b, lo, tr, cur = row["build"], row["loader_epoch"], row.get("trainer", {}), row["curation"]
+    census = row.get("census", {})
     splits = cur["splits"]
     return [
         f"{row['cells']:,}",
+        f"{census['cells_per_s']:,.0f}" if "cells_per_s" in census else "-",
         f"{b['cells_per_s']:,.0f}",
-        ", ".join(f"{k} {v:.0f}" for k, v in b["phases"].items()),
-        f"{b['peak_rss_tree_bytes'] / GIB:.2f}",
+        ", ".join(f"{k} {b['phases'][k]:.0f}" for k in PHASES if k in b["phases"]),
+        f"{b['peak_rss_tree_bytes'] / GIB:.2f} / {b['peak_rss_main_bytes'] / GIB:.2f}",
         f"{b['parts_bytes'] / GIB:.1f} / {b['store_bytes'] / GIB:.1f} / "
         f"{row['census_bytes'] / GIB:.1f}",
         f"{row['verify']['seconds']:.0f}" + ("" if row["verify"]["ok"] else " (FAILED)"),
@@ -295,7 +297,9 @@ def _fmt(row: dict[str, Any]) -> list[str]:
     ]
 
 
-HEADER = ["cells in census", "build cells/s", "build phases (s)", "build peak RSS (GiB)",
+PHASES = ("obs", "parts", "merge")  # of the shard build, in the order they run
+HEADER = ["cells in census", "census written cells/s", "build cells/s", "build phases (s)",
+          "build peak RSS tree / main (GiB)",
           "parts / store / census (GiB)", "verify (s)", "types kept", "tech_samples t/v/t",
           "cells t/v/t", "loader start ws1 / ws8 (s)", "loader epoch cells/s",
           "loader peak RSS (GiB)", "trainer host cells/s"]

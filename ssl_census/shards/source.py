@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 import scipy.sparse as sp
 import tiledbsoma as soma
 from pandas.api.types import union_categoricals
@@ -60,14 +62,25 @@ def read_eligible_obs(census: Any, value_filter: str) -> pd.DataFrame:
     GiB, where the categorical frame is about 20 bytes a cell."""
     batches = experiment(census).obs.read(value_filter=value_filter,
                                           column_names=list(OBS_COLUMNS))
-    frames = [_categorical(batch.to_pandas()) for batch in batches]
+    frames = [_categorical(_dictionary_strings(batch).to_pandas()) for batch in batches]
     if not frames:
         return _categorical(pd.DataFrame({c: pd.Series(dtype="int64" if c == "soma_joinid"
                                                        else "object") for c in OBS_COLUMNS}))
     obs = pd.DataFrame({c: _concat_column([f[c] for f in frames]) for c in OBS_COLUMNS})
     del frames
-    order = np.argsort(obs["soma_joinid"].to_numpy(), kind="stable")
-    return obs.take(order).reset_index(drop=True)
+    joinids = obs["soma_joinid"].to_numpy()
+    if np.all(joinids[1:] > joinids[:-1]):  # the usual read order: no copy of the frame
+        return obs
+    return obs.take(np.argsort(joinids, kind="stable")).reset_index(drop=True)
+
+
+def _dictionary_strings(table: pa.Table) -> pa.Table:
+    """String columns dictionary-encoded in Arrow, so that pandas gets categoricals without
+    making a Python string per cell (a batch holds millions of cells)."""
+    for i, field in enumerate(table.schema):
+        if pa.types.is_string(field.type) or pa.types.is_large_string(field.type):
+            table = table.set_column(i, field.name, pc.dictionary_encode(table.column(i)))
+    return table
 
 
 def _categorical(frame: pd.DataFrame) -> pd.DataFrame:
