@@ -32,7 +32,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
-from pandas.api.types import union_categoricals
 
 from ssl_census.core import atomic
 from ssl_census.core.progress import progress
@@ -46,7 +45,7 @@ from ssl_census.shards.parts import (
     open_part_arrays,
 )
 from ssl_census.shards.split import shuffle_order
-from ssl_census.shards.store import UNLABELLED_CODE, read_parquet, write_obs
+from ssl_census.shards.store import UNLABELLED_CODE, concat_columns, read_parquet, write_obs
 from ssl_census.shards.values import normalise
 
 # bytes a non-zero of a shard task costs: the part slices (6 bytes), the row gathers (int64
@@ -91,18 +90,6 @@ def cell_codes(term_ids: pd.Series, codes: Mapping[str, int], keep_unlabelled: b
     code = per_term[terms.codes]  # code -1 (missing) takes the appended UNLABELLED_CODE
     kept = np.ones(len(code), bool) if keep_unlabelled else code != UNLABELLED_CODE
     return kept, code
-
-
-def concat_columns(frames: list[pd.DataFrame]) -> dict[str, Any]:
-    """Stack obs frames column by column, string columns kept categorical (pd.concat would turn
-    categoricals with different categories into one Python string per row)."""
-    out: dict[str, Any] = {}
-    for col in frames[0].columns:
-        if isinstance(frames[0][col].dtype, pd.CategoricalDtype):
-            out[col] = union_categoricals([f[col] for f in frames])
-        else:
-            out[col] = np.concatenate([f[col].to_numpy() for f in frames])
-    return out
 
 
 def reordered(columns: dict[str, Any], order: np.ndarray) -> pd.DataFrame:

@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import scipy.sparse as sp
 import tiledbsoma as soma
-from pandas.api.types import union_categoricals
+
+from ssl_census.shards.store import concat_columns
 
 ORGANISM = "homo_sapiens"
 OBS_COLUMNS = ("soma_joinid", "dataset_id", "donor_id", "assay", "tissue_general", "cell_type",
@@ -66,7 +67,7 @@ def read_eligible_obs(census: Any, value_filter: str) -> pd.DataFrame:
     if not frames:
         return _categorical(pd.DataFrame({c: pd.Series(dtype="int64" if c == "soma_joinid"
                                                        else "object") for c in OBS_COLUMNS}))
-    obs = pd.DataFrame({c: _concat_column([f[c] for f in frames]) for c in OBS_COLUMNS})
+    obs = pd.DataFrame(concat_columns(frames, sort_categories=True))
     del frames
     joinids = obs["soma_joinid"].to_numpy()
     if np.all(joinids[1:] > joinids[:-1]):  # the usual read order: no copy of the frame
@@ -87,12 +88,6 @@ def _categorical(frame: pd.DataFrame) -> pd.DataFrame:
     for col in OBS_COLUMNS[1:]:
         frame[col] = frame[col].astype("category")
     return frame
-
-
-def _concat_column(parts: list[pd.Series]) -> pd.Series:
-    if isinstance(parts[0].dtype, pd.CategoricalDtype):
-        return pd.Series(union_categoricals(parts, sort_categories=True))
-    return pd.Series(np.concatenate([p.to_numpy() for p in parts]))
 
 
 def dataset_fingerprints(datasets: pd.DataFrame) -> dict[str, str]:

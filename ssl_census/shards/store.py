@@ -29,6 +29,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
+from pandas.api.types import union_categoricals
 
 from ssl_census import __version__
 from ssl_census.core import atomic
@@ -152,6 +153,20 @@ def write_parquet(path: str | os.PathLike[str], df: pd.DataFrame) -> None:
     pq.write_table(table, buf, compression="zstd", compression_level=3, use_dictionary=True,
                    write_statistics=True, row_group_size=1 << 20)
     atomic.write_bytes(path, buf.getvalue())
+
+
+def concat_columns(frames: list[pd.DataFrame], sort_categories: bool = False
+                   ) -> dict[str, Any]:
+    """Stack obs frames column by column, string columns kept categorical (pd.concat would turn
+    categoricals with different categories into one Python string per row)."""
+    out: dict[str, Any] = {}
+    for col in frames[0].columns:
+        if isinstance(frames[0][col].dtype, pd.CategoricalDtype):
+            out[col] = union_categoricals([f[col] for f in frames],
+                                          sort_categories=sort_categories)
+        else:
+            out[col] = np.concatenate([f[col].to_numpy() for f in frames])
+    return out
 
 
 def sorted_categorical(values: pd.Series) -> pd.Categorical:
