@@ -14,6 +14,12 @@ from typing import Any
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 
+def current_rss() -> int:
+    """This process's resident memory now (Linux /proc; not the peak)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE_SIZE
+
+
 def tree_rss(root: int) -> int:
     """Summed resident memory of ``root`` and all its descendants (Linux /proc)."""
     parent: dict[int, int] = {}
