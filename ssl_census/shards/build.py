@@ -42,7 +42,7 @@ import pandas as pd
 from ssl_census import __version__
 from ssl_census.core import atomic
 from ssl_census.core.errors import UserError
-from ssl_census.core.measure import current_rss, directory_bytes
+from ssl_census.core.measure import directory_bytes, released_rss
 from ssl_census.core.ontology import load_cell_ontology, ontology_package
 from ssl_census.core.progress import progress
 from ssl_census.shards import merge, parts, source
@@ -355,7 +355,7 @@ def build_shards(
     part_root.mkdir(parents=True, exist_ok=True)
     # workers share what the main process, holding the eligible obs, leaves of the budget
     slices = plan_parts(obs, fingerprints, space, config, part_root,
-                        parts.cells_per_part(memory_budget, workers, current_rss(),
+                        parts.cells_per_part(memory_budget, workers, released_rss(),
                                              density.densest))
     reuse = dataset_reuse(slices)
     t1 = time.perf_counter()

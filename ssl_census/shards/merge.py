@@ -34,7 +34,7 @@ import pandas as pd
 import zarr
 
 from ssl_census.core import atomic
-from ssl_census.core.measure import current_rss
+from ssl_census.core.measure import released_rss
 from ssl_census.core.progress import progress
 from ssl_census.core.store import counts_dtype, create_csr_group, shard_bounds
 from ssl_census.shards.csr import concat_rows, take_rows
@@ -256,7 +256,7 @@ def merge_split(parts: list[Path], split: str, out: Path, codes: Mapping[str, in
         (split_dir / SHARDS_DONE).mkdir()
         atomic.write_json(split_dir / STATE_FILE, state)
     plan = SplitPlan(plan.obs.iloc[:0], plan.part, plan.row, plan.nnz, plan.max_count)
-    main_bytes = current_rss()  # the workers get what the main process leaves of the budget
+    main_bytes = released_rss()  # the workers get what the main process leaves of the budget
     shard = zarr.open_array(str(split_dir / "X.zarr" / "data"), mode="r").shards[0]
     done = {int(p.name) for p in (split_dir / SHARDS_DONE).iterdir()}
     tasks = [t for t in shard_tasks(plan, shard) if t.index not in done]
