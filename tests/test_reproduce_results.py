@@ -235,3 +235,23 @@ def test_a_variant_runs_its_method_with_other_options_and_gets_its_own_finding(t
     assert len(mine) == 1 and {c.worse for c in mine[0].comparisons} == {
         row_name(zero_shot("random_mask_unscaled"), KNN),
         row_name(fine_tuned("random_mask_unscaled"), CLASSIFIER)}
+
+
+def test_page_names_the_types_the_release_keeps_of_scTabs_and_the_stores_kept():
+    from ssl_census.reproduce.facts import StoreFacts
+    from ssl_census.reproduce.page import sctab_lines
+    from ssl_census.shards.curation import compare_with_sctab
+
+    sctab = compare_with_sctab()
+    kang = StoreFacts("kang", Path("kang"), "include kang", (1, 1, 1), (1, 1, 1),
+                      (("CL:0000236", "B cell"), ("CL:0000556", "megakaryocyte")), 3)
+    lines = sctab_lines(sctab, [kang])
+    text = "\n".join(lines)
+    n_pass = len(sctab.passing)
+    assert f"{n_pass} of scTab's 164 cell types pass" in lines[0]
+    assert all(line in lines[0] for line in sctab.failure_lines())
+    assert "leukocyte (CL:0000738): " in lines[0]  # a coarse type fails on depth
+    assert "obsolete, replaced by CL:4023064" in text
+    assert lines[-1] == ("  - **kang** keeps 2 types (more than 3 ancestors), 1 of them among "
+                         "scTab's: B cell (CL:0000236), megakaryocyte (CL:0000556, not in "
+                         "scTab).")

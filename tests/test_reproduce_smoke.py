@@ -64,6 +64,9 @@ def test_page_has_every_table_and_the_findings(smoke) -> None:
     # the stimulated cells come from kang donors 101 and 107, both fine-tuning donors
     assert "their donors (101, 107) are among kang's fine-tuning donors" in limits
     assert "has 14 proteins" in limits
+    # scTab's types under its ontology rule in the stores' release, and each store's types
+    assert "of scTab's 164 cell types pass the ontology part of its rule" in limits
+    assert "- **kang** keeps " in limits and "megakaryocyte (CL:0000556, not in scTab)" in limits
     assert (page.parent / "results" / "transfer-macro-f1.png").stat().st_size > 1000
 
 

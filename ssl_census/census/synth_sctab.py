@@ -358,8 +358,7 @@ class SctabLayout:
         wrong): the scTab rule on the eligible counts keeps exactly the intended types."""
         t, s = self.design.cell_types, self.scale
         passes = ((t["n_cells"] >= s.min_cells) & (t["n_tech_samples"] > s.min_tech_samples)
-                  & (t["n_ancestors"] > s.min_ancestors)
-                  & np.array([term in ontology and ontology.is_descendant(term, NATIVE_CELL)
+                  & np.array([ontology.check_term(term, NATIVE_CELL, s.min_ancestors).passes
                               for term in t["cell_type_ontology_term_id"]]))
         if not np.array_equal(passes.to_numpy(), (t["role"] == KEPT).to_numpy()):
             wrong = t.loc[passes != (t["role"] == KEPT), "cell_type_ontology_term_id"].tolist()

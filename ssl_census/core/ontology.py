@@ -86,6 +86,51 @@ class CellOntology:
         dist = self.ancestors(term).values()
         return max(dist) if dist else 0
 
+    def check_term(self, term: str, root: str, min_ancestors: int) -> TermCheck:
+        """The ontology part of scTab's cell-type rule for ``term``: in this release (an
+        obsolete term stands for its replacement), below ``root`` and more than
+        ``min_ancestors`` ancestors."""
+        resolved = self.resolve(term)
+        return TermCheck(
+            term=term, resolved=resolved, label=self.label(resolved),
+            obsolete=bool(self.terms.get(term, {}).get("deprecated")),
+            in_ontology=resolved in self, n_ancestors=self.n_ancestors(resolved),
+            below_root=self.is_descendant(resolved, root), root=self.resolve(root),
+            min_ancestors=min_ancestors)
+
+
+@dataclass(frozen=True)
+class TermCheck:
+    """One term against the ontology part of scTab's rule (CellOntology.check_term)."""
+
+    term: str  # as given
+    resolved: str  # the term itself, or what replaces it when it is obsolete
+    label: str  # of ``resolved`` in the release
+    obsolete: bool
+    in_ontology: bool
+    n_ancestors: int
+    below_root: bool
+    root: str  # after following an obsolete root to its replacement
+    min_ancestors: int
+
+    @property
+    def passes(self) -> bool:
+        return self.in_ontology and self.below_root and self.n_ancestors > self.min_ancestors
+
+    @property
+    def reasons(self) -> list[str]:
+        """Why the term fails ([] when it passes)."""
+        if not self.in_ontology:
+            return ["not in the release"]
+        if self.obsolete and self.resolved == self.term:
+            return ["obsolete without a replacement"]
+        out = []
+        if not self.below_root:
+            out.append(f"not below {self.root}")
+        if self.n_ancestors <= self.min_ancestors:
+            out.append(f"{self.n_ancestors} ancestors, needs more than {self.min_ancestors}")
+        return out
+
 
 def ontology_package() -> str:
     """The package the CL releases come from, with its version (for manifests)."""

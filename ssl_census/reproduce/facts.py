@@ -11,7 +11,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ import anndata as ad
 from ssl_census.evaluation.integration import scib_available
 from ssl_census.reproduce import results as res
 from ssl_census.reproduce.config import ReproduceConfig
+from ssl_census.shards.config import CurationConfig
+from ssl_census.shards.curation import SctabComparison, compare_with_sctab
 from ssl_census.shards.store import open_shards
 
 VERSIONED = ("ssl-census", "torch", "numpy", "scikit-learn", "scib-metrics", "tiledbsoma", "zarr")
@@ -35,6 +37,8 @@ class StoreFacts:
     selection: str
     cells: tuple[int, int, int]  # train, val, test
     donors: tuple[int, int, int]
+    cell_types: tuple[tuple[str, str], ...]  # the kept types: (CL id, label), by id
+    min_ancestors: int | None  # the curation's ancestor threshold, from the manifest
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class PageFacts:
     cell_ontology: str | None  # the CL release the kang store was curated with
     kang_type_names: list[str]  # the cell types the kang store keeps
     masked_fractions: dict[str, float]  # masking method -> realised hidden share in pre-training
+    sctab: SctabComparison  # scTab's 164 types under scTab's ontology rule, kang's CL release
 
 
 def versions() -> str:
@@ -89,7 +94,11 @@ def store_facts(name: str, path: Path) -> StoreFacts:
         cells.append(len(obs))
         donors.append(int(obs["tech_sample"].nunique() if "tech_sample" in obs
                           else obs["donor_id"].nunique()))
-    return StoreFacts(name, path, selection, tuple(cells), tuple(donors))  # type: ignore[arg-type]
+    labels = store.labels.sort_values("cell_type_ontology_term_id")
+    kept = tuple(zip(labels["cell_type_ontology_term_id"].astype(str),
+                     labels["cell_type"].astype(str), strict=True))
+    return StoreFacts(name, path, selection, tuple(cells), tuple(donors),  # type: ignore[arg-type]
+                      kept, store.manifest.get("thresholds", {}).get("min_ancestors"))
 
 
 def genes_matched(table: res.Table) -> int | None:
@@ -120,6 +129,7 @@ def gather_facts(conf: ReproduceConfig, work: Path, inputs: Any, genes: Path, se
     aux = open_shards(inputs.stores["auxiliary"]).split("train")[1]
     kang_store = open_shards(inputs.stores["kang"])
     kang = kang_store.split("train")[1]
+    release = kang_store.manifest.get("thresholds", {}).get("cl_release")
     matched = {"cross": genes_matched(cross)}
     matched.update({f"integration-{n}": genes_matched(t) for n, t in integration.items()})
     return PageFacts(
@@ -139,7 +149,9 @@ def gather_facts(conf: ReproduceConfig, work: Path, inputs: Any, genes: Path, se
         genes_matched=matched,
         cross_targets=_cross_targets(cross),
         unseen_shared_donors=_shared_donors(conf, inputs, kang),
-        cell_ontology=kang_store.manifest.get("thresholds", {}).get("cl_release"),
+        cell_ontology=release,
         kang_type_names=sorted(kang_store.labels["cell_type"].astype(str)),
         masked_fractions=res.masked_fractions(conf, work),
+        # scTab's thresholds are CurationConfig's defaults; the release is the store's
+        sctab=compare_with_sctab(replace(CurationConfig(), cl_release=release)),
     )

@@ -16,6 +16,7 @@ from ssl_census.reproduce import findings as fnd
 from ssl_census.reproduce import results as res
 from ssl_census.reproduce.config import ReproduceConfig
 from ssl_census.reproduce.facts import PageFacts, StoreFacts, gather_facts
+from ssl_census.shards.curation import SctabComparison
 
 FIGURES = "results"  # docs/results/ beside docs/results.md
 VALUES = "values.csv"  # docs/results/values.csv: every value of the tables, per seed
@@ -328,8 +329,8 @@ def _section_limits(conf: ReproduceConfig, facts: PageFacts) -> list[str]:
         "docs/ingestion.md says why this release), kang keeps "
         f"{len(facts.kang_type_names)}: {', '.join(facts.kang_type_names)}. scTab's rule kept "
         "164 types of census 2023-05-15 with the CL release of its day; this local census "
-        "holds PBMC types only, so the rule here decides among far fewer candidates, and the "
-        "pinned release can count a type's ancestors one or two differently from scTab's.")
+        "holds PBMC types only, so the rule here decides among far fewer candidates.")
+    lines += sctab_lines(facts.sctab, facts.stores)
     if any(m in conf.gene_sets for m in conf.methods):
         sets = ", ".join(f"{m}: `{conf.gene_sets[m]}`" for m in conf.methods
                          if m in conf.gene_sets)
@@ -348,6 +349,24 @@ def _section_limits(conf: ReproduceConfig, facts: PageFacts) -> list[str]:
                "unlike the paper's unseen datasets (new studies)." if shared
                else "none of their donors is among kang's fine-tuning donors."))
     return lines + [""]
+
+
+def sctab_lines(sctab: SctabComparison, stores: list[StoreFacts]) -> list[str]:
+    """scTab's 164 types under the ontology part of its rule in the stores' release, and the
+    types each store kept, each marked by whether scTab had it."""
+    lines = [f"  - **scTab's {len(sctab.table)} types in CL `{sctab.release}`**: {sctab.summary()}"
+             + (": " + "; ".join(sctab.failure_lines()) if len(sctab.failing) else "") + "."]
+    if len(sctab.changed):
+        lines.append(f"  - **Changed since scTab named them** ({len(sctab.changed)}): "
+                     + "; ".join(sctab.change_lines()) + ".")
+    for st in stores:
+        ours = sctab.in_sctab(t for t, _ in st.cell_types)
+        marked = [f"{label} ({term}{'' if mine else ', not in scTab'})"
+                  for (term, label), mine in zip(st.cell_types, ours, strict=True)]
+        rule = "" if st.min_ancestors is None else f" (more than {st.min_ancestors} ancestors)"
+        lines.append(f"  - **{st.name}** keeps {len(st.cell_types)} types{rule}, {sum(ours)} "
+                     f"of them among scTab's: {', '.join(marked) or 'none'}.")
+    return lines
 
 
 def _masking_note(conf: ReproduceConfig, facts: PageFacts) -> str:

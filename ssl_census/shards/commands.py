@@ -1,4 +1,4 @@
-"""``ssl-census shards build|verify``."""
+"""``ssl-census shards build|verify|sctab-types``."""
 
 from __future__ import annotations
 
@@ -90,3 +90,27 @@ def verify_command(path) -> None:
         raise SystemExit(1)
     cells = ", ".join(f"{s} {n:,}" for s, n in report.n_cells.items())
     click.echo(f"ok: {path} ({cells})")
+
+
+@shards.command("sctab-types")
+@click.option("--config", "config_path", default="sctab-2023-05-15", show_default=True,
+              help="Shards TOML file or preset name: its [curation] root, min_ancestors and "
+                   "cl_release.")
+@click.option("--cl-release", default=None,
+              help="Another shipped CL release instead of the config's (e.g. v2026-03-26).")
+def sctab_types_command(config_path, cl_release) -> None:
+    """Which of scTab's 164 cell types the ontology part of the curation rule keeps."""
+    from dataclasses import replace
+
+    from ssl_census.shards.config import load_shards_config
+    from ssl_census.shards.curation import compare_with_sctab
+
+    curation = load_shards_config(config_path).curation
+    if cl_release:
+        curation = replace(curation, cl_release=cl_release)
+    result = compare_with_sctab(curation)
+    click.echo(result.summary())
+    for line in result.failure_lines():
+        click.echo(f"  fails: {line}")
+    for line in result.change_lines():
+        click.echo(f"  changed: {line}")
