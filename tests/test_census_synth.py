@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from ssl_census.census.genes import N_GENES_ENSEMBL_104, load_annotation, synthetic_annotation
-from ssl_census.census.layout import TENX_ASSAYS
+from ssl_census.census.layout import TENX_ASSAYS, CensusWriter
 from ssl_census.census.synth import (
     CELL_TYPES,
     SyntheticCensusModel,
@@ -153,6 +153,19 @@ def test_same_seed_same_store_other_seed_other_store(tmp_path: Path) -> None:
     a, b, c = (_read(tmp_path / n) for n in "abc")
     assert _digest(a) == _digest(b)
     assert _digest(a) != _digest(c)
+
+
+def test_obs_written_in_several_flushes_keeps_its_labels(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # obs is buffered and written a batch of blocks at a time; later batches bring datasets
+    # and donors the first did not have, whose labels must survive the separate writes
+    kw = {"n_datasets": 4, "nnz_per_cell": 300, "block_cells": 50}
+    write_synthetic_census(tmp_path / "once", 400, seed=7, **kw)
+    monkeypatch.setattr(CensusWriter, "OBS_WRITE_CELLS", 100)
+    write_synthetic_census(tmp_path / "flushed", 400, seed=7, **kw)
+    once, flushed = _read(tmp_path / "once"), _read(tmp_path / "flushed")
+    assert flushed.obs["dataset_id"].nunique() == 4
+    assert _digest(once) == _digest(flushed)
 
 
 def test_synthetic_annotation_is_deterministic_with_sctab_genes(shared_data: Path) -> None:

@@ -12,12 +12,14 @@ from synth_support import store_var
 
 from ssl_census.core.errors import UserError
 from ssl_census.core.ontology import NATIVE_CELL, PINNED_CL_RELEASE, load_cell_ontology
-from ssl_census.shards import merge
+from ssl_census.shards import build, merge
+from ssl_census.shards import split as split_module
 from ssl_census.shards.commands import parse_bytes
 from ssl_census.shards.config import SplitConfig, load_shards_config
 from ssl_census.shards.csr import concat_rows, take_rows
 from ssl_census.shards.genes import match_genes
-from ssl_census.shards.split import assign_splits, shuffle_order
+from ssl_census.shards.parts import PartIds
+from ssl_census.shards.split import assign_splits, shuffle_order, tech_sample
 from ssl_census.shards.store import open_shards, write_store_from_arrays
 from ssl_census.shards.values import normalise
 from ssl_census.shards.verify import verify_shards
@@ -284,3 +286,44 @@ def test_parts_are_sized_for_the_densest_sampled_dataset():
     share = (budget - main) // 2 - parts.PROCESS_BASELINE
     assert dense * 3000 * parts.BYTES_PER_NNZ <= share
     assert parts.cells_per_part(budget, 2, budget, 3000) == parts.READ_BLOCK_CELLS
+
+
+def test_obs_grouped_by_dataset_keeps_joinid_order_and_positions():
+    # datasets interleaved in joinid order (not what a census does, but allowed): the build
+    # groups them without changing any cell's dataset-relative position
+    rng = np.random.default_rng(3)
+    ds = rng.choice(["b", "a", "c"], size=500)
+    obs = pd.DataFrame({"soma_joinid": np.arange(500) * 2,
+                        "dataset_id": pd.Categorical(ds)})
+    want = obs.groupby("dataset_id", observed=True).cumcount().to_numpy()
+    grouped = build.group_by_dataset(obs)
+    runs = build.dataset_runs(grouped)
+    assert [r[0] for r in runs] == ["a", "b", "c"]
+    for name, start, stop in runs:
+        block = grouped.iloc[start:stop]
+        assert (block["dataset_id"] == name).all()
+        assert np.all(np.diff(block["soma_joinid"].to_numpy()) > 0)
+    positions = build.dataset_positions(grouped)
+    np.testing.assert_array_equal(positions, want[grouped["soma_joinid"].to_numpy() // 2])
+    contiguous = obs.sort_values(["dataset_id", "soma_joinid"]).reset_index(drop=True)
+    assert build.group_by_dataset(contiguous) is contiguous  # the census case: no copy
+
+
+def test_part_ids_map_positions_to_joinids_across_gaps():
+    joinids = np.array([10, 11, 12, 40, 41, 7, 100], dtype=np.int64)
+    ids = PartIds.of(5, joinids)
+    assert len(ids.run_offsets) == 4  # stored per run of consecutive joinids
+    positions = np.array([11, 5, 8, 6, 10, 9, 7])
+    np.testing.assert_array_equal(ids.lookup(positions), joinids[positions - 5])
+
+
+def test_tech_sample_table_path_equals_the_sorting_path(monkeypatch):
+    rng = np.random.default_rng(1)
+    ds = pd.Series(pd.Categorical(rng.choice([f"d{i}" for i in range(9)], 2000)))
+    dn = pd.Series(pd.Categorical(rng.choice([f"x{i}" for i in range(40)], 2000)))
+    table = tech_sample(ds, dn)
+    monkeypatch.setattr(split_module, "PAIR_TABLE_MAX", 0)
+    sorting = tech_sample(ds, dn)
+    assert list(table.cat.categories) == list(sorting.cat.categories)
+    np.testing.assert_array_equal(table.cat.codes, sorting.cat.codes)
+    assert list(table.astype(str)) == [f"{a}/{b}" for a, b in zip(ds, dn, strict=True)]

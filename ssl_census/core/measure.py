@@ -3,6 +3,8 @@ peak resident memory of its whole process tree (its worker processes included)."
 
 from __future__ import annotations
 
+import ctypes
+import gc
 import os
 import threading
 from collections.abc import Callable
@@ -11,7 +13,28 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def current_rss() -> int:
+    """This process's resident memory now (Linux /proc; not the peak)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE_SIZE
+
+
+def released_rss() -> int:
+    """This process's resident memory after it hands freed memory back to the system (the
+    cycle collector, Arrow's memory pool, glibc's heap): what it goes on holding, where
+    :func:`current_rss` also counts freed memory the allocators kept."""
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: its heap keeps what it keeps
+        pass
+    return current_rss()
 
 
 def tree_rss(root: int) -> int:

@@ -26,10 +26,12 @@ import os
 import resource
 import shutil
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,7 @@ import pandas as pd
 from ssl_census import __version__
 from ssl_census.core import atomic
 from ssl_census.core.errors import UserError
-from ssl_census.core.measure import directory_bytes
+from ssl_census.core.measure import directory_bytes, released_rss
 from ssl_census.core.ontology import load_cell_ontology, ontology_package
 from ssl_census.core.progress import progress
 from ssl_census.shards import merge, parts, source
@@ -207,51 +209,82 @@ def resolve_gene_space(var: pd.DataFrame, cfg: ShardsConfig, gene_list: str | No
 
 
 def plan_parts(obs: pd.DataFrame, fingerprints: dict[str, str], space: GeneSpace,
-               cfg: ShardsConfig, spec: CensusSpec, parts_dir: Path,
-               cells: int) -> list[parts.PartTask]:
+               cfg: ShardsConfig, parts_dir: Path, cells: int) -> list[parts.PartSlice]:
     """Slices of at most ``cells`` eligible cells per dataset, each named by its content.
 
-    ``obs`` is in soma_joinid order with each cell's dataset-relative ``position``
-    (:func:`dataset_positions`); a slice is a range of positions, so an unchanged dataset
-    gives the same slices and part names in a release that renumbered its cells."""
+    ``obs`` holds each dataset's cells together in soma_joinid order
+    (:func:`group_by_dataset`), with each cell's dataset-relative ``position``; a slice is a
+    range of positions, so an unchanged dataset gives the same slices and part names in a
+    release that renumbered its cells."""
     # the value filter decides which cells a position counts, so it is part of every name
     settings = {"genes": space.sha256, "norm": NORMALISATION_VERSION, "split": cfg.split,
                 "seed": cfg.shuffle_seed, "n_genes": space.n_genes,
                 "filter": cfg.query.value_filter(), "shuffle": SHUFFLE_RULE,
                 "part_format": parts.PART_FORMAT}
-    gene_joinids = space.var["soma_joinid"].to_numpy(np.int64)
-    tasks = []
-    for dataset_id, ds in obs.groupby("dataset_id", observed=True, sort=True):
-        for lo in range(0, len(ds), cells):
-            chunk = ds.iloc[lo : lo + cells].reset_index(drop=True)
-            fp = fingerprints.get(str(dataset_id), str(dataset_id))
+    slices = []
+    for dataset_id, start, stop in dataset_runs(obs):
+        fp = fingerprints.get(dataset_id, dataset_id)
+        for lo in range(start, stop, cells):
+            chunk = obs.iloc[lo : min(lo + cells, stop)]
             key = parts.part_key(fp, chunk, chunk["split"].to_numpy(), settings)
-            tasks.append(parts.PartTask(spec, key, parts_dir / key,
-                                        chunk[["soma_joinid", *parts.PART_OBS_COLUMNS, "split"]],
-                                        gene_joinids, parts.READ_BLOCK_CELLS, cfg.shuffle_seed))
-    return tasks
+            slices.append(parts.PartSlice(key, parts_dir / key, dataset_id, lo, lo + len(chunk)))
+    return slices
+
+
+def group_by_dataset(obs: pd.DataFrame) -> pd.DataFrame:
+    """``obs`` (in soma_joinid order) with each dataset's cells together, joinid order kept
+    inside: a census numbers its cells dataset after dataset, so usually ``obs`` itself."""
+    codes = obs["dataset_id"].cat.codes.to_numpy()
+    run_codes = codes[_run_starts(codes)]
+    if len(np.unique(run_codes)) == len(run_codes):
+        return obs
+    return obs.take(np.argsort(codes, kind="stable")).reset_index(drop=True)
+
+
+def _run_starts(codes: np.ndarray) -> np.ndarray:
+    return np.concatenate([[0], np.flatnonzero(np.diff(codes)) + 1]) if len(codes) else codes
+
+
+def dataset_runs(obs: pd.DataFrame) -> list[tuple[str, int, int]]:
+    """(dataset_id, first row, end row) of each dataset of grouped ``obs``, by dataset_id."""
+    codes = obs["dataset_id"].cat.codes.to_numpy()
+    starts = _run_starts(codes)
+    ends = np.append(starts[1:], len(codes)).astype(np.int64)
+    names = obs["dataset_id"].cat.categories.astype(str)[codes[starts]]
+    return sorted(zip(names, starts.tolist(), ends.tolist(), strict=True))
 
 
 def dataset_positions(obs: pd.DataFrame) -> np.ndarray:
-    """Each cell's rank among its dataset's cells of ``obs`` (which is in soma_joinid order)."""
-    return obs.groupby("dataset_id", observed=True, sort=False).cumcount().to_numpy(np.int64)
+    """Each cell's rank among its dataset's cells of grouped ``obs``."""
+    positions = np.arange(len(obs), dtype=np.int64)
+    for _, start, stop in dataset_runs(obs):
+        positions[start:stop] -= start
+    return positions
 
 
-def run_parts(tasks: list[parts.PartTask], workers: int) -> tuple[int, int]:
-    """Build the parts not yet done; returns (parts built, cells read)."""
-    todo = [t for t in tasks if not t.directory.is_dir()]
-    total = sum(len(t.obs) for t in todo)
+def run_parts(slices: list[parts.PartSlice], task_of: Callable[[parts.PartSlice], parts.PartTask],
+              workers: int) -> tuple[int, int]:
+    """Build the parts not yet done; returns (parts built, cells read). Tasks are made as
+    workers take them (``task_of``), a few ahead, so their copies of obs stay few."""
+    todo = [t for t in slices if not t.directory.is_dir()]
+    total = sum(t.n_cells for t in todo)
     with progress(total=total, desc="shards: read + normalise") as bar:
         if workers <= 1:
             for t in todo:
-                parts.write_part(t)
-                bar.update(len(t.obs))
+                parts.write_part(task_of(t))
+                bar.update(t.n_cells)
         else:
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                futures = {pool.submit(parts.write_part, t): len(t.obs) for t in todo}
-                for f in as_completed(futures):
-                    f.result()
-                    bar.update(futures[f])
+                queue, pending = iter(todo), {}
+                for t in islice(queue, 2 * workers):
+                    pending[pool.submit(parts.write_part, task_of(t))] = t.n_cells
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for f in done:
+                        f.result()
+                        bar.update(pending.pop(f))
+                        for t in islice(queue, 1):
+                            pending[pool.submit(parts.write_part, task_of(t))] = t.n_cells
     return len(todo), total
 
 
@@ -307,6 +340,7 @@ def build_shards(
     if obs.empty:
         raise UserError(f"the filter `{config.query.value_filter()}` selects no census cells",
                         "check the census and the [query] section of the config")
+    obs = group_by_dataset(obs)
     obs["tech_sample"] = tech_sample(obs["dataset_id"], obs["donor_id"])
     obs["split"] = assign_splits(obs["tech_sample"], config.split)
     obs["position"] = dataset_positions(obs)
@@ -319,21 +353,25 @@ def build_shards(
 
     part_root = Path(parts_dir) if parts_dir else out / PARTS_DIR
     part_root.mkdir(parents=True, exist_ok=True)
-    # the main process holds the eligible obs twice while the tasks take their slices
-    main_bytes = parts.PROCESS_BASELINE + 2 * int(obs.memory_usage(deep=True).sum())
-    tasks = plan_parts(obs, fingerprints, space, config, spec, part_root,
-                       parts.cells_per_part(memory_budget, workers, main_bytes,
-                                              density.densest))
-    del obs
-    reuse = dataset_reuse(tasks)
+    # workers share what the main process, holding the eligible obs, leaves of the budget
+    slices = plan_parts(obs, fingerprints, space, config, part_root,
+                        parts.cells_per_part(memory_budget, workers, released_rss(),
+                                             density.densest))
+    reuse = dataset_reuse(slices)
     t1 = time.perf_counter()
-    peaks["plan"] = _peak_rss()[0]  # curation, split and part tasks
+    peaks["plan"] = _peak_rss()[0]  # curation, split and part slices
+    gene_joinids = space.var["soma_joinid"].to_numpy(np.int64)
     with _disk_errors(out):
-        built, cells_read = run_parts(tasks, workers)
+        built, cells_read = run_parts(
+            slices, partial(parts.PartTask.of, obs=obs, census=spec, gene_joinids=gene_joinids,
+                            shuffle_seed=config.shuffle_seed), workers)
         phases["parts"] = time.perf_counter() - t1
         peaks["parts"] = _peak_rss()[0]
-        part_dirs = [t.directory for t in tasks]
-        part_ids = [parts.PartIds.of(t) for t in tasks]
+        part_dirs = [t.directory for t in slices]
+        part_ids = [parts.PartIds.of(obs["position"].iat[t.start],
+                                     obs["soma_joinid"].to_numpy()[t.start : t.stop])
+                    for t in slices]
+        del obs
         parts_bytes = sum(directory_bytes(d) for d in part_dirs)
 
         kept = types.kept
@@ -356,23 +394,22 @@ def build_shards(
                                                ontology.release, types, dropped, n_cells))
     _clean_up(out, parts_dir is None and not keep_parts)
     own, children = _peak_rss()
-    return BuildReport(out, manifest, len(tasks), built, cells_read,
+    return BuildReport(out, manifest, len(slices), built, cells_read,
                        time.perf_counter() - t0, phases, own, children, reuse, parts_bytes,
                        peaks)
 
 
-def dataset_reuse(tasks: list[parts.PartTask]) -> dict[str, dict[str, int]]:
+def dataset_reuse(slices: list[parts.PartSlice]) -> dict[str, dict[str, int]]:
     """Per dataset, before phase 1: parts planned, parts already finished (an earlier run or
     build with the same dataset content made them) and cells still to read."""
     out: dict[str, dict[str, int]] = {}
-    for t in tasks:
-        counts = out.setdefault(str(t.obs["dataset_id"].iloc[0]),
-                                {"parts": 0, "parts_reused": 0, "cells_read": 0})
+    for t in slices:
+        counts = out.setdefault(t.dataset_id, {"parts": 0, "parts_reused": 0, "cells_read": 0})
         counts["parts"] += 1
         if t.directory.is_dir():
             counts["parts_reused"] += 1
         else:
-            counts["cells_read"] += len(t.obs)
+            counts["cells_read"] += t.n_cells
     return out
 
 

@@ -34,6 +34,7 @@ import pandas as pd
 import zarr
 
 from ssl_census.core import atomic
+from ssl_census.core.measure import released_rss
 from ssl_census.core.progress import progress
 from ssl_census.core.store import counts_dtype, create_csr_group, shard_bounds
 from ssl_census.shards.csr import concat_rows, take_rows
@@ -120,20 +121,26 @@ def plan_split(parts: list[Path], split: str, codes: Mapping[str, int], keep_unl
         frames.append(obs)
         idx = np.flatnonzero(kept)
         part_ids.append(np.full(len(idx), i, dtype=np.int32))
-        rows.append(idx.astype(np.int64))
-        nnz.append(np.diff(indptr)[kept])
+        rows.append(idx.astype(np.int32))
+        nnz.append(np.diff(indptr)[kept].astype(np.int32))  # a cell has < 2**31 genes
     if not frames:  # no cell of any part is in this split: it is written with 0 cells
-        empty = np.zeros(0, dtype=np.int64)
+        empty = np.zeros(0, dtype=np.int32)
         obs = pd.DataFrame({c: pd.Series([], dtype=object) for c in PLAN_OBS_COLUMNS})
-        return SplitPlan(obs, empty.astype(np.int32), empty, empty, 0)
-    columns = concat_columns(frames)
-    del frames
+        return SplitPlan(obs, empty, empty, empty, 0)
+    columns = concat_columns(frames)  # empties frames
     order = shuffle_order(columns["dataset_id"], columns["position"], shuffle_seed)
     max_count = int(columns.pop("max_count").max())
     del columns["position"]
     obs = reordered(columns, order)
-    return SplitPlan(obs, np.concatenate(part_ids)[order], np.concatenate(rows)[order],
-                     np.concatenate(nnz)[order], max_count)
+    part, row, cell_nnz = (_concat(pieces)[order] for pieces in (part_ids, rows, nnz))
+    return SplitPlan(obs, part, row, cell_nnz, max_count)
+
+
+def _concat(pieces: list[np.ndarray]) -> np.ndarray:
+    """The pieces as one array, the list emptied (one copy alive, not two)."""
+    out = np.concatenate(pieces)
+    pieces.clear()
+    return out
 
 
 def shard_tasks(plan: SplitPlan, shard: int) -> list[ShardTask]:
@@ -248,8 +255,8 @@ def merge_split(parts: list[Path], split: str, out: Path, codes: Mapping[str, in
         write_obs(split_dir / "obs.parquet", plan.obs)
         (split_dir / SHARDS_DONE).mkdir()
         atomic.write_json(split_dir / STATE_FILE, state)
-    main_bytes = PROCESS_BASELINE + plan.part.nbytes + plan.row.nbytes + plan.nnz.nbytes
     plan = SplitPlan(plan.obs.iloc[:0], plan.part, plan.row, plan.nnz, plan.max_count)
+    main_bytes = released_rss()  # the workers get what the main process leaves of the budget
     shard = zarr.open_array(str(split_dir / "X.zarr" / "data"), mode="r").shards[0]
     done = {int(p.name) for p in (split_dir / SHARDS_DONE).iterdir()}
     tasks = [t for t in shard_tasks(plan, shard) if t.index not in done]

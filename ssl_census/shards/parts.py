@@ -63,6 +63,23 @@ READ_BLOCK_CELLS = 2048  # cells per census read: larger blocks only cost memory
 
 
 @dataclass(frozen=True)
+class PartSlice:
+    """A part as planned: rows [start, stop) of the build's obs, all of one dataset. The main
+    process keeps one obs and makes a part's task (a copy of its rows) only when the part is
+    sent to a worker, so the plan costs a few bytes a part, not a second copy of obs."""
+
+    key: str
+    directory: Path  # the finished part's path
+    dataset_id: str
+    start: int
+    stop: int
+
+    @property
+    def n_cells(self) -> int:
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
 class PartTask:
     """One unit of phase-1 work, sent to a worker process."""
 
@@ -74,20 +91,37 @@ class PartTask:
     block_cells: int
     shuffle_seed: int
 
+    @classmethod
+    def of(cls, part: PartSlice, obs: pd.DataFrame, census: CensusSpec,
+           gene_joinids: np.ndarray, shuffle_seed: int) -> PartTask:
+        cells = obs.iloc[part.start : part.stop][["soma_joinid", *PART_OBS_COLUMNS, "split"]]
+        return cls(census, part.key, part.directory, cells.reset_index(drop=True),
+                   gene_joinids, READ_BLOCK_CELLS, shuffle_seed)
+
 
 @dataclass(frozen=True)
 class PartIds:
-    """The current release's soma_joinid of a part's cells, by dataset-relative position."""
+    """The current release's soma_joinid of a part's cells, by dataset-relative position.
+
+    Stored as runs of consecutive soma_joinids (a census numbers a dataset's cells
+    consecutively, so a part is usually one run): bytes per run, not per cell."""
 
     first_position: int
-    soma_joinid: np.ndarray  # of positions first_position, first_position + 1, ...
+    run_offsets: np.ndarray  # position - first_position where each run starts
+    run_joinids: np.ndarray  # soma_joinid of each run's first cell
 
     @classmethod
-    def of(cls, task: PartTask) -> PartIds:
-        return cls(int(task.obs["position"].iloc[0]), task.obs["soma_joinid"].to_numpy(np.int64))
+    def of(cls, first_position: int, soma_joinid: np.ndarray) -> PartIds:
+        """``soma_joinid`` of positions first_position, first_position + 1, ..."""
+        ids = np.asarray(soma_joinid, dtype=np.int64)
+        starts = np.flatnonzero(np.diff(ids) != 1) + 1
+        starts = np.concatenate([[0], starts]) if len(ids) else starts
+        return cls(int(first_position), starts.astype(np.int64), ids[starts])
 
     def lookup(self, positions: np.ndarray) -> np.ndarray:
-        return self.soma_joinid[np.asarray(positions, dtype=np.int64) - self.first_position]
+        offsets = np.asarray(positions, dtype=np.int64) - self.first_position
+        run = np.searchsorted(self.run_offsets, offsets, side="right") - 1
+        return self.run_joinids[run] + (offsets - self.run_offsets[run])
 
 
 def part_key(fingerprint: str, obs: pd.DataFrame, splits: np.ndarray,

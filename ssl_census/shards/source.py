@@ -67,7 +67,7 @@ def read_eligible_obs(census: Any, value_filter: str) -> pd.DataFrame:
     if not frames:
         return _categorical(pd.DataFrame({c: pd.Series(dtype="int64" if c == "soma_joinid"
                                                        else "object") for c in OBS_COLUMNS}))
-    obs = pd.DataFrame(concat_columns(frames, sort_categories=True))
+    obs = pd.DataFrame(concat_columns(frames, sort_categories=True), copy=False)
     del frames
     joinids = obs["soma_joinid"].to_numpy()
     if np.all(joinids[1:] > joinids[:-1]):  # the usual read order: no copy of the frame

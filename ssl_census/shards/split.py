@@ -41,12 +41,30 @@ def tech_sample(dataset_id: pd.Series, donor_id: pd.Series) -> pd.Series:
     if (ds.codes < 0).any() or (dn.codes < 0).any():  # missing ids: named "nan" as str() does
         ds, dn = pd.Categorical(dataset_id.astype(str)), pd.Categorical(donor_id.astype(str))
     pair = ds.codes.astype(np.int64) * len(dn.categories) + dn.codes
-    pairs, cell_pair = np.unique(pair, return_inverse=True)
+    pairs, cell_pair = _distinct(pair, len(ds.categories) * len(dn.categories))
     names = np.array([f"{ds.categories[p // len(dn.categories)]}/"
                       f"{dn.categories[p % len(dn.categories)]}" for p in pairs], dtype=object)
     categories, pair_category = np.unique(names.astype(str), return_inverse=True)
     return pd.Series(pd.Categorical.from_codes(pair_category[cell_pair], categories),
                      index=dataset_id.index)
+
+
+PAIR_TABLE_MAX = 1 << 24  # pairs: the table costs 80 MiB at most (5 bytes a pair)
+
+
+def _distinct(values: np.ndarray, n_possible: int) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted distinct values, each value's index among them): np.unique's result, from a
+    table over the possible values where it is small, without np.unique's sort and int64
+    inverse of every cell."""
+    if n_possible > PAIR_TABLE_MAX:
+        return np.unique(values, return_inverse=True)
+    present = np.zeros(n_possible, dtype=bool)
+    present[values] = True
+    distinct = np.flatnonzero(present)
+    del present
+    index = np.full(n_possible, -1, dtype=np.int32)
+    index[distinct] = np.arange(len(distinct), dtype=np.int32)
+    return distinct, index[values]
 
 
 def split_fraction(name: str, salt: str) -> float:

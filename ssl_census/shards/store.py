@@ -158,14 +158,18 @@ def write_parquet(path: str | os.PathLike[str], df: pd.DataFrame) -> None:
 def concat_columns(frames: list[pd.DataFrame], sort_categories: bool = False
                    ) -> dict[str, Any]:
     """Stack obs frames column by column, string columns kept categorical (pd.concat would turn
-    categoricals with different categories into one Python string per row)."""
+    categoricals with different categories into one Python string per row).
+
+    The frames are emptied as their columns are stacked, so the rows exist once plus one
+    column, not twice (obs of the full census: tens of millions of rows)."""
     out: dict[str, Any] = {}
-    for col in frames[0].columns:
-        if isinstance(frames[0][col].dtype, pd.CategoricalDtype):
-            out[col] = union_categoricals([f[col] for f in frames],
-                                          sort_categories=sort_categories)
+    for col in list(frames[0].columns) if frames else []:
+        pieces = [f.pop(col) for f in frames]
+        if isinstance(pieces[0].dtype, pd.CategoricalDtype):
+            out[col] = union_categoricals(pieces, sort_categories=sort_categories)
         else:
-            out[col] = np.concatenate([f[col].to_numpy() for f in frames])
+            out[col] = np.concatenate([p.to_numpy() for p in pieces])
+        del pieces
     return out
 
 
