@@ -43,12 +43,13 @@ class Batch:
 
 
 class TensorLoader:
-    """Shuffled batches of an in-memory matrix, resumable mid-epoch like BlockShuffleLoader."""
+    """Shuffled batches of an in-memory matrix, resumable mid-epoch like BlockShuffleLoader;
+    ``sparse``: batches as CSR tensors, as the loader's ``dense=False`` hands them over."""
 
     def __init__(self, x: torch.Tensor, batch_size: int, shuffle: bool = True, seed: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+                 rank: int = 0, world_size: int = 1, sparse: bool = False) -> None:
         self.x, self.batch_size, self.shuffle, self.seed = x, batch_size, shuffle, seed
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.sparse = rank, world_size, sparse
         self.epoch, self.position = 0, 0
 
     def __len__(self) -> int:
@@ -71,7 +72,8 @@ class TensorLoader:
         while self.position < len(self):
             i = self.position * self.batch_size
             self.position += 1
-            yield Batch(self.x[per_rank[i : i + self.batch_size]])
+            x = self.x[per_rank[i : i + self.batch_size]]
+            yield Batch(x.to_sparse_csr() if self.sparse else x)
 
 
 TINY = {"hidden": [128, 32], "dropout": 0.1}

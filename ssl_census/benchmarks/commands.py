@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from ssl_census.pretext import METHODS
+
 
 @click.group()
 def bench() -> None:
@@ -138,3 +140,60 @@ def embed_command(cells, genes, nnz, batch_size, work, keep, json_path) -> None:
     click.echo(format_report(result))
     if json_path:
         atomic.write_json(json_path, result)
+
+
+@bench.command("train")
+@click.option("--methods", default=",".join((*METHODS, "celltype")), show_default=True,
+              help="Pre-training methods and fine-tuning tasks (celltype), comma-separated.")
+@click.option("--batch-sizes", default="256,8192", show_default=True,
+              help="Batch sizes, comma-separated.")
+@click.option("--layouts", default="dense,sparse", show_default=True,
+              help="Input layouts to compare: dense, sparse or both.")
+@click.option("--timed-cells", default=16_384, show_default=True, type=click.IntRange(1),
+              help="Cells timed per measurement (at least two steps).")
+@click.option("--warmup-steps", default=1, show_default=True, type=click.IntRange(1),
+              help="Steps run before the clock starts.")
+@click.option("--genes", default=19_331, show_default=True, type=click.IntRange(10),
+              help="Genes of the synthetic store and the model.")
+@click.option("--nnz-per-cell", default=1_750, show_default=True, type=click.IntRange(1),
+              help="Non-zero genes per cell, about (scTab: 1,500-2,000 of 19,331).")
+@click.option("--hidden", default="512,512,256,256,64", show_default=True,
+              help="Encoder sizes (the decoder mirrors them).")
+@click.option("--threads", default=None, type=click.IntRange(1),
+              help="torch intra-op threads [default: torch's].")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Loader worker threads [default: the loader's].")
+@click.option("--work", default="work/bench-train", show_default=True,
+              type=click.Path(file_okay=False), help="The synthetic store goes here (reused).")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the figures here.")
+def train_command(methods, batch_sizes, layouts, timed_cells, warmup_steps, genes, nnz_per_cell,
+                  hidden, threads, workers, work, json_path) -> None:
+    """Trainer cells/s per method, dense against sparse input, beside the FLOP ceiling."""
+    from ssl_census.benchmarks.train import LAYOUTS, format_report, run_train_bench
+    from ssl_census.core import atomic
+    from ssl_census.core.errors import UserError
+    from ssl_census.training.commands import parse_hidden
+
+    chosen_layouts = _names(layouts, "--layouts")
+    if not set(chosen_layouts) <= set(LAYOUTS):
+        raise UserError(f"--layouts {layouts!r} is not a list of layouts",
+                        "write dense, sparse or dense,sparse")
+    sizes = [parse_cells(v) for v in _names(batch_sizes, "--batch-sizes")]
+    report = run_train_bench(Path(work), _names(methods, "--methods"), sizes, chosen_layouts,
+                             timed_cells, warmup_steps, genes, nnz_per_cell,
+                             parse_hidden(hidden), threads, workers, log=click.echo)
+    click.echo(format_report(report))
+    if json_path:
+        atomic.write_json(json_path, report)
+
+
+def _names(value: str, option: str) -> list[str]:
+    """A comma-separated option's items."""
+    from ssl_census.core.errors import UserError
+
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names:
+        raise UserError(f"{option} is empty", f"give {option} a comma-separated list")
+    return names
+

@@ -48,6 +48,7 @@ def _fill_rows(seed, k, gene_mean, size_factor, indices, counts):  # pragma: no 
     """
     np.random.seed(seed)
     scratch = np.empty(k.max() + 1)
+    n_genes = gene_mean.shape[0]
     pos = 0
     for c in range(k.shape[0]):
         kc = k[c]
@@ -55,7 +56,7 @@ def _fill_rows(seed, k, gene_mean, size_factor, indices, counts):  # pragma: no 
         for j in range(kc + 1):
             total += np.random.exponential(1.0)
             scratch[j] = total
-        span = N_GENES - kc + 1
+        span = n_genes - kc + 1
         for j in range(kc):
             g = int(scratch[j] / total * span) + j
             indices[pos + j] = g
@@ -95,25 +96,28 @@ def synthetic_obs(rng: np.random.Generator, n: int) -> pd.DataFrame:
     )
 
 
-def write_synthetic_store(out: str | os.PathLike[str], n_cells: int, seed: int = 0) -> Path:
-    """Write (or reuse, when a finished one of that size is there) a one-split store at ``out``."""
+def write_synthetic_store(out: str | os.PathLike[str], n_cells: int, seed: int = 0,
+                          n_genes: int = N_GENES,
+                          nnz_range: tuple[int, int] = NNZ_RANGE) -> Path:
+    """Write (or reuse, when a finished one of that shape is there) a one-split store at
+    ``out``: ``n_cells`` cells over ``n_genes`` genes, each with ``nnz_range`` (inclusive)
+    non-zeros."""
     out = Path(out)
+    shape = {"n_cells": n_cells, "seed": seed, "n_genes": n_genes, "nnz_range": list(nnz_range)}
     manifest = read_manifest(out)
-    if (
-        manifest
-        and manifest.get("complete")
-        and manifest.get("synthetic", {}).get("n_cells") == n_cells
-    ):
+    if manifest and manifest.get("complete") and _same_shape(manifest.get("synthetic"), shape):
         return out
+    if not 1 <= nnz_range[0] <= nnz_range[1] <= n_genes:
+        raise ValueError(f"non-zeros per cell {nnz_range} do not fit {n_genes} genes")
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    gene_mean = rng.lognormal(-1.0, 1.2, N_GENES)
+    gene_mean = rng.lognormal(-1.0, 1.2, n_genes)
     obs = synthetic_obs(rng, n_cells)
     ds_scale = rng.lognormal(0.0, 0.3, N_DATASETS)
     ds = obs["dataset_id"].str[-2:].astype(int).to_numpy()
     size_factor = ds_scale[ds] * rng.lognormal(0.0, 0.4, n_cells)
 
-    k = rng.integers(NNZ_RANGE[0], NNZ_RANGE[1] + 1, n_cells)
+    k = rng.integers(nnz_range[0], nnz_range[1] + 1, n_cells)
     labels = label_table(obs, {"train": obs["cell_type_ontology_term_id"].value_counts().to_dict()})
     code_of = dict(zip(labels["cell_type_ontology_term_id"], labels["cell_type_code"], strict=True))
     obs["cell_type_code"] = obs["cell_type_ontology_term_id"].map(code_of).astype(np.int32)
@@ -130,18 +134,21 @@ def write_synthetic_store(out: str | os.PathLike[str], n_cells: int, seed: int =
                 bar.update(hi - lo)
                 yield indptr, indices, data, counts
 
-    write_split(out / "train", blocks(), obs, int(k.sum()), N_GENES, MAX_COUNT)
+    write_split(out / "train", blocks(), obs, int(k.sum()), n_genes, MAX_COUNT)
     var = pd.DataFrame(
         {
-            "feature_id": [f"ENSG{i:011d}" for i in range(N_GENES)],
-            "feature_name": [f"GENE{i}" for i in range(N_GENES)],
+            "feature_id": [f"ENSG{i:011d}" for i in range(n_genes)],
+            "feature_name": [f"GENE{i}" for i in range(n_genes)],
         }
     )
     write_tables(out, var, labels)
-    finish_store(
-        out,
-        {"source": "synthetic", "synthetic": {"n_cells": n_cells, "seed": seed}},
-        splits=["train"],
-    )
+    finish_store(out, {"source": "synthetic", "synthetic": shape}, splits=["train"])
     open_shards(out)
     return out
+
+
+def _same_shape(recorded: dict | None, shape: dict) -> bool:
+    """Whether a store's record describes ``shape`` (older stores recorded only the cells and
+    seed of the default gene count and non-zeros)."""
+    defaults = {"n_genes": N_GENES, "nnz_range": list(NNZ_RANGE)}
+    return recorded is not None and {**defaults, **recorded} == shape

@@ -3,7 +3,8 @@
 Tasks on a shard store use the streaming ``BlockShuffleLoader``; a task whose data comes from
 one h5ad (cross-modality on a CITE-seq file) fits in memory and is served by
 :class:`ArrayLoader`, which has the same surface the Trainer needs (``set_epoch``, ``len``,
-``state_dict``) and densifies one batch at a time.
+``state_dict``) and densifies one batch at a time (or, ``dense=False``, hands it over as a
+CSR tensor).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import scipy.sparse as sp
 import torch
 
 from ssl_census.core.errors import UserError
+from ssl_census.core.sparse import csr_tensor
 
 
 @dataclass
@@ -38,14 +40,14 @@ class ArrayLoader:
     def __init__(
         self, x: sp.csr_matrix, target: np.ndarray | None = None, batch_size: int = 256,
         shuffle: bool = True, seed: int = 0, device: str | torch.device = "cpu",
-        drop_last: bool = False, rank: int = 0, world_size: int = 1,
+        drop_last: bool = False, rank: int = 0, world_size: int = 1, dense: bool = True,
     ) -> None:
         self.x = sp.csr_matrix(x, dtype=np.float32)
         self.target = None if target is None else np.asarray(target, dtype=np.float32)
         if self.target is not None and len(self.target) != self.x.shape[0]:
             raise ValueError("target needs one row per cell")
         self.batch_size, self.shuffle, self.seed = batch_size, shuffle, seed
-        self.device, self.drop_last = torch.device(device), drop_last
+        self.device, self.drop_last, self.dense = torch.device(device), drop_last, dense
         if not 0 <= rank < world_size or self.x.shape[0] < world_size:
             raise UserError(f"{self.x.shape[0]} cells cannot be shared by rank {rank} of "
                             f"{world_size}", "use fewer processes or more cells")
@@ -82,9 +84,16 @@ class ArrayLoader:
         for b in range(self._start, len(self)):
             self._start = b + 1
             rows = np.sort(order[b * self.batch_size : (b + 1) * self.batch_size])
-            x = torch.from_numpy(self.x[rows].toarray()).to(self.device)
+            x = self._rows(rows).to(self.device)
             target = None
             if self.target is not None:
                 target = torch.from_numpy(self.target[rows]).to(self.device)
             yield ArrayBatch(x=x, index=torch.from_numpy(rows), target=target)
         self._start = 0
+
+    def _rows(self, rows: np.ndarray) -> torch.Tensor:
+        part = self.x[rows]
+        if self.dense:
+            return torch.from_numpy(part.toarray())
+        return csr_tensor(torch.from_numpy(part.indptr), torch.from_numpy(part.indices),
+                          torch.from_numpy(part.data), part.shape)

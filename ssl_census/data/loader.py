@@ -18,7 +18,6 @@ from __future__ import annotations
 import os
 import queue
 import threading
-import warnings
 import weakref
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,14 +28,11 @@ import numpy as np
 import torch
 
 from ssl_census.core.errors import UserError
+from ssl_census.core.sparse import csr_tensor
 from ssl_census.data.gather import gather_runs, row_pointer
 from ssl_census.data.plan import EpochPlan, Fetch, class_balanced_weights
 from ssl_census.data.readers import array_dtype, open_reader
 from ssl_census.data.source import encode_obs, open_split
-
-# torch flags every CSR tensor as beta; the loader's use (construct, to_dense, .to) is stable.
-# Silenced where the loader makes one, not for the whole process.
-_CSR_BETA = "Sparse CSR tensor support is in beta state"
 
 LAYER_ARRAYS = {"x": "data", "counts": "counts"}
 SAMPLERS = (None, "balanced")
@@ -513,15 +509,10 @@ class BlockShuffleLoader:
     ) -> torch.Tensor:
         dev = device or torch.device("cpu")
         nb = device is not None and device.type == "cuda"
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_CSR_BETA)
-            return torch.sparse_csr_tensor(
-                host.indptr.to(dev, non_blocking=nb),
-                host.indices.to(dev, non_blocking=nb),
-                host.values[layer].to(dev, non_blocking=nb),
-                size=(len(host.rows), self.n_genes),
-                check_invariants=False,
-            )
+        return csr_tensor(host.indptr.to(dev, non_blocking=nb),
+                          host.indices.to(dev, non_blocking=nb),
+                          host.values[layer].to(dev, non_blocking=nb),
+                          (len(host.rows), self.n_genes))
 
     def _to_device(self, host: _HostBatch) -> Batch:
         dev = self.device

@@ -2,7 +2,8 @@
 
 Hidden layers are Linear -> SELU -> Dropout; the last layer is linear so the latent space
 (and the reconstruction) is not squashed. No normalisation layers: SELU is self-normalising,
-and a model without batch statistics embeds a cell the same way whatever batch it is in.
+and a model without batch statistics embeds a cell the same way whatever batch it is in. The
+encoder's first layer also takes a sparse (CSR) batch (:mod:`ssl_census.models.sparse_linear`).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ssl_census.core.config import section
+from ssl_census.models.sparse_linear import SparseInputLinear
 
 PAPER_HIDDEN = (512, 512, 256, 256, 64)
 PAPER_DROPOUT = 0.1
@@ -40,18 +42,21 @@ def model_config(raw: ModelConfig | Mapping[str, Any] | None) -> ModelConfig:
     return section(ModelConfig, raw or {}, "[model]")
 
 
-def _stack(sizes: Sequence[int], dropout: float) -> nn.Sequential:
-    """Linear layers between consecutive ``sizes``: SELU + dropout after all but the last."""
+def _stack(sizes: Sequence[int], dropout: float, first: type[nn.Linear] = nn.Linear
+           ) -> nn.Sequential:
+    """Linear layers between consecutive ``sizes`` (the first of class ``first``): SELU +
+    dropout after all but the last."""
     layers: list[nn.Module] = []
     for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
-        layers.append(nn.Linear(n_in, n_out))
+        layers.append((first if i == 0 else nn.Linear)(n_in, n_out))
         if i < len(sizes) - 2:
             layers += [nn.SELU(), nn.Dropout(dropout)]
     return nn.Sequential(*layers)
 
 
 class Encoder(nn.Module):
-    """Genes -> latent: ``n_genes -> hidden[0] -> ... -> hidden[-1]`` (the latent size)."""
+    """Genes -> latent: ``n_genes -> hidden[0] -> ... -> hidden[-1]`` (the latent size).
+    The input is a dense or a CSR ``[cells, genes]`` tensor."""
 
     def __init__(
         self, n_genes: int, hidden: Sequence[int] = PAPER_HIDDEN, dropout: float = PAPER_DROPOUT
@@ -62,7 +67,7 @@ class Encoder(nn.Module):
         self.n_genes = int(n_genes)
         self.hidden = tuple(int(h) for h in hidden)
         self.dropout = float(dropout)
-        self.net = _stack((self.n_genes, *self.hidden), self.dropout)
+        self.net = _stack((self.n_genes, *self.hidden), self.dropout, SparseInputLinear)
 
     @property
     def latent_dim(self) -> int:

@@ -13,8 +13,7 @@ from typing import Any
 import torch
 
 from ssl_census.models.mlp import Encoder, mlp_head
-from ssl_census.pretext.augment import Augment
-from ssl_census.pretext.base import Objective
+from ssl_census.pretext.augment import Augment, TwoViews
 from ssl_census.pretext.options import BarlowOptions
 
 
@@ -30,7 +29,7 @@ def barlow_loss(z1: torch.Tensor, z2: torch.Tensor, lambd: float) -> torch.Tenso
     return on_diag + lambd * off_diag
 
 
-class BarlowTwins(Objective):
+class BarlowTwins(TwoViews):
     def __init__(self, encoder: Encoder, augment: Augment, options: BarlowOptions) -> None:
         super().__init__()
         self.encoder, self.augment, self.lambd = encoder, augment, options.lambd

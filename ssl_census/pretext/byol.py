@@ -14,8 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ssl_census.models.mlp import Encoder, mlp_head
-from ssl_census.pretext.augment import Augment
-from ssl_census.pretext.base import Objective
+from ssl_census.pretext.augment import Augment, TwoViews
 from ssl_census.pretext.options import ByolOptions
 
 
@@ -24,7 +23,7 @@ def byol_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 2 - 2 * cos
 
 
-class BYOL(Objective):
+class BYOL(TwoViews):
     def __init__(self, encoder: Encoder, augment: Augment, options: ByolOptions) -> None:
         super().__init__()
         self.encoder, self.augment, self.decay = encoder, augment, options.decay

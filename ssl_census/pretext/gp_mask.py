@@ -30,6 +30,7 @@ class GeneProgrammeMasking(MaskedAutoencoder):
             raise ValueError("mask_rate must lie in (0, 1)")
         self.sampler = ProgrammeSampler(programmes)
         self.mask_rate = mask_rate
+        self.visible_share = 1.0 - mask_rate  # at most: the union of programmes may pass it
         check_coverage(self.sampler.coverage, mask_rate, len(programmes), accept_lower_rate)
 
     def masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

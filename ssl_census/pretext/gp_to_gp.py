@@ -15,6 +15,7 @@ class GpToGp(MaskedAutoencoder):
     def __init__(self, encoder: Encoder, decoder: Decoder, programmes: GeneProgrammes) -> None:
         super().__init__(encoder, decoder)
         self.sampler = ProgrammeSampler(programmes)
+        self.visible_share = self.sampler.mean_share
 
     def masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         _, kept = self.sampler.one_per_cell(x.shape[0])

@@ -17,6 +17,7 @@ class GpToTf(MaskedAutoencoder):
         if programmes.regulators is None:
             raise ValueError("GP to TF needs programmes mapped with their regulators")
         self.sampler = ProgrammeSampler(programmes)
+        self.visible_share = self.sampler.mean_share
 
     def masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k, kept = self.sampler.one_per_cell(x.shape[0])

@@ -47,6 +47,11 @@ class ProgrammeSampler(nn.Module):
         return k, self.genes_of(chosen)
 
     @property
+    def mean_share(self) -> float:
+        """The share of the gene space an average programme holds."""
+        return float(self.sizes.mean()) / self.n_genes
+
+    @property
     def coverage(self) -> float:
         """The fraction of the gene space that lies in at least one programme."""
         return len(torch.unique(self.member_genes)) / self.n_genes

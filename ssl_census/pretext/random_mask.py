@@ -15,6 +15,7 @@ class RandomMasking(MaskedAutoencoder):
         if not 0 < mask_rate < 1:
             raise ValueError("mask_rate must lie in (0, 1)")
         self.mask_rate = mask_rate
+        self.visible_share = 1.0 - mask_rate
 
     def masks(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = torch.rand(x.shape, device=x.device) < self.mask_rate

@@ -29,6 +29,7 @@ from ssl_census.tasks.config import FinetuneConfig
 from ssl_census.tasks.inputs import TaskData
 from ssl_census.tasks.runs import load_task, run_gene_space
 from ssl_census.training.distributed import DistEnv
+from ssl_census.training.setup import input_layout
 
 log = logging.getLogger(__name__)
 
@@ -75,16 +76,18 @@ def cross_modality_data(h5ad: Path, var: pd.DataFrame, config: FinetuneConfig, e
     target, names = _targets(cells, key, h5ad)
     splits = split_cells(cells.x.shape[0], seed)
     batch = config.data.batch_size
-    ranks = {"rank": env.rank, "world_size": env.world_size}
+    density = cells.x.nnz / max(1, cells.x.shape[0] * cells.x.shape[1])
+    layout = input_layout(config.train.input_layout, device, density)
+    common = {"rank": env.rank, "world_size": env.world_size, "dense": layout == "dense"}
     train = ArrayLoader(cells.x[splits["train"]], target[splits["train"]], batch, True, seed,
-                        device, **ranks)
+                        device, **common)
     val = ArrayLoader(cells.x[splits["val"]], target[splits["val"]], batch, False, seed, device,
-                      **ranks)
+                      **common)
     spec = {"h5ad": str(Path(h5ad).resolve()), "target_obsm": key, "target_names": names,
             "genes_matched": cells.match.n_matched}
     log.info(f"{h5ad}: {cells.match.n_matched} of {len(var)} model genes matched "
              f"(by {cells.match.column}); {len(names)} targets from obsm[{key!r}]")
-    return TaskData(train, val, spec, None, splits)
+    return TaskData(train, val, spec, None, layout, density, splits)
 
 
 @torch.no_grad()

@@ -40,7 +40,7 @@ from ssl_census.tasks.runs import (
 )
 from ssl_census.training.pretrain import model_card
 from ssl_census.training.rundir import RunDir
-from ssl_census.training.setup import distributed_run, train_run
+from ssl_census.training.setup import distributed_run, layout_card, train_run
 from ssl_census.training.trainer import seed_everything
 
 
@@ -84,7 +84,8 @@ def run_finetune(config: FinetuneConfig | Mapping[str, Any], out: Path, init: st
         init_path = init if init == "random" else str(Path(init).resolve())
         card.update(method=f"finetune:{task}", task=task, task_spec=td.spec, init=init_path,
                     init_method=(init_card or {}).get("method", "random"),
-                    shallow=cfg.shallow, decoder_from_pretrained=decoder_from)
+                    shallow=cfg.shallow, decoder_from_pretrained=decoder_from,
+                    **layout_card(td.layout, td.density))
 
         def write_tables(run: RunDir) -> None:
             _write_run_tables(run, var, td.store)

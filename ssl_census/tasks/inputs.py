@@ -13,7 +13,7 @@ from ssl_census.core.errors import UserError
 from ssl_census.shards.store import ShardStore
 from ssl_census.tasks.config import FinetuneConfig
 from ssl_census.training.distributed import DistEnv
-from ssl_census.training.setup import shard_loaders
+from ssl_census.training.setup import input_layout, shard_loaders, store_density
 
 
 @dataclass
@@ -24,6 +24,8 @@ class TaskData:
     val: Any
     spec: dict[str, Any]
     store: ShardStore | None
+    layout: str  # the batches' layout, sparse or dense (training.setup.input_layout)
+    density: float  # the share of non-zero entries the layout was chosen by
     cells: dict[str, np.ndarray] | None = None  # row indices per split, for in-memory data
 
 
@@ -64,22 +66,27 @@ class BatchCodes:
 def shard_task_data(task: str, store: ShardStore, config: FinetuneConfig, seed: int,
                      env: DistEnv, device: torch.device) -> TaskData:
     data = config.data
+    density = store_density(store)
+    layout = input_layout(config.train.input_layout, device, density)
+    dense = layout == "dense"
     if task == "celltype":
         labels = store.labels.sort_values("cell_type_code")
         train, val = shard_loaders(store.path, data, seed, env, device, ("x",),
-                                   ("cell_type_code",))
+                                   ("cell_type_code",), dense=dense)
         spec = {"class_weight": labels["class_weight"].astype(float).tolist()}
-        return TaskData(train, val, spec, store)
+        return TaskData(train, val, spec, store, layout, density)
     if task == "integration":
         key = config.batch_key
         _, obs = store.split("train")
         if key not in obs.columns:
             raise UserError(f"--batch-key {key!r} is not an obs column of the shards",
                             f"use one of {', '.join(obs.columns)}")
-        train, val = shard_loaders(store.path, data, seed, env, device, ("x", "counts"), (key,))
+        train, val = shard_loaders(store.path, data, seed, env, device, ("x", "counts"), (key,),
+                                   dense=dense)
         categories = [str(c) for c in train.categories[key]]
         spec = {"batch_key": key, "batch_categories": categories}
         return TaskData(BatchCodes(train, key, categories), BatchCodes(val, key, categories),
-                        spec, store)
-    train, val = shard_loaders(store.path, data, seed, env, device, ("x", "counts"))
-    return TaskData(train, val, {}, store)
+                        spec, store, layout, density)
+    train, val = shard_loaders(store.path, data, seed, env, device, ("x", "counts"),
+                               dense=dense)
+    return TaskData(train, val, {}, store, layout, density)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ssl_census.core.sparse import add_to, to_dense
 from ssl_census.models.mlp import Decoder, Encoder
 from ssl_census.pretext.base import Objective
 
@@ -122,12 +123,14 @@ class NegativeBinomialReconstruction(Objective):
         return torch.log1p(self.proportions(batch) * TARGET_SUM)
 
     def loss(self, batch: Any) -> dict[str, torch.Tensor]:
-        counts = batch.counts.float()
+        # the likelihood scores every gene, zeros included: the counts are needed dense
+        counts = to_dense(batch.counts).float()
         library = counts.sum(1, keepdim=True)
         mu = self.proportions(batch) * library
         nll = negative_binomial_nll(counts, mu, torch.exp(self.log_theta)).sum(1).mean()
         with torch.no_grad():
-            mse = (torch.log1p(mu / library.clamp_min(1) * TARGET_SUM) - batch.x).square().mean()
+            predicted = torch.log1p(mu / library.clamp_min(1) * TARGET_SUM)
+            mse = add_to(predicted, batch.x, alpha=-1.0).square().mean()
         # per gene, so the figure does not scale with the size of the gene space
         return {"loss": nll / counts.shape[1], "mse_log1p": mse}
 

@@ -18,6 +18,7 @@ from ssl_census.core.errors import UserError
 from ssl_census.pretext import METHODS
 from ssl_census.training.config import PretrainConfig
 from ssl_census.training.pretrain import run_pretraining
+from ssl_census.training.trainer import INPUT_LAYOUTS
 
 
 def parse_hidden(value: str | None) -> list[int] | None:
@@ -32,7 +33,7 @@ def parse_hidden(value: str | None) -> list[int] | None:
 
 
 # option name -> (config table, type, help); the table's key is the option's name
-_TRAINING_OPTIONS: dict[str, tuple[str, type, str]] = {
+_TRAINING_OPTIONS: dict[str, tuple[str, type | click.ParamType, str]] = {
     "hidden": ("model", str, "encoder sizes, e.g. 512,512,256,256,64 (fine-tuning: with "
                              "--init random only; a pre-trained run brings its own)"),
     "dropout": ("model", float, "encoder dropout (fine-tuning: with --init random only)"),
@@ -47,6 +48,9 @@ _TRAINING_OPTIONS: dict[str, tuple[str, type, str]] = {
     "patience": ("train", int, "validations without improvement before stopping"),
     "log_every": ("train", int, "log every N steps"),
     "seed": ("train", int, "seed of weights, masks and the loader's order"),
+    "input_layout": ("train", click.Choice(INPUT_LAYOUTS),
+                     "batches to the encoder as CSR (sparse first layer) or dense; auto: "
+                     "sparse on CPUs for sparse enough data"),
 }
 
 

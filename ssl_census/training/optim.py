@@ -1,6 +1,9 @@
 """Optimisers, made once per run: AdamW (the paper's default) or LARS (Barlow twins' choice).
 
-Weight decay applies to matrices only, not to biases and normalisation parameters.
+Weight decay applies to matrices only, not to biases and normalisation parameters. AdamW runs
+fused (one pass over each parameter and its state instead of a pass per operation): on a CPU
+its step over the full-size model's ~20M first- and last-layer weights takes a fraction of
+the time of the multi-tensor version.
 """
 
 from __future__ import annotations
@@ -59,7 +62,7 @@ def make_optimizer(
     if name == "adamw":
         for g in groups:
             g.pop("lars_exclude", None)
-        return torch.optim.AdamW(groups, lr=lr)
+        return torch.optim.AdamW(groups, lr=lr, fused=True)
     if name == "lars":
         return LARS(groups, lr=lr)
     raise UserError(f"unknown optimizer {name!r}", "use adamw or lars")

@@ -12,7 +12,14 @@ from ssl_census.models.mlp import ModelConfig
 from ssl_census.pretext import build_method
 from ssl_census.shards.store import MANIFEST, ShardStore, open_shards
 from ssl_census.training.config import PretrainConfig
-from ssl_census.training.setup import distributed_run, shard_loaders, train_run
+from ssl_census.training.setup import (
+    distributed_run,
+    input_layout,
+    layout_card,
+    shard_loaders,
+    store_density,
+    train_run,
+)
 from ssl_census.training.trainer import seed_everything
 
 
@@ -47,9 +54,12 @@ def run_pretraining(config: PretrainConfig | Mapping[str, Any], shards: Path, ou
         seed_everything(cfg.train.seed)  # identical initial weights on every rank
         objective = build_method(cfg.method, store.var["feature_name"].astype(str).tolist(),
                                  model=cfg.model, options=cfg.options, gene_sets=cfg.gene_sets)
+        density = objective.encoder_density(store_density(store))
+        layout = input_layout(cfg.train.input_layout, device, density)
         train, val = shard_loaders(store.path, cfg.data, cfg.train.seed, env, device,
-                                   drop_last=True)
-        card = model_card(cfg.method, store, cfg.model)
+                                   drop_last=True, dense=layout == "dense")
+        card = {**model_card(cfg.method, store, cfg.model),
+                **layout_card(layout, density)}
         summary, _ = train_run(objective, train, val, cfg.train, out, cfg.to_dict(), card, env,
                                device, resume)
         return summary

@@ -32,6 +32,7 @@ from ssl_census.training.optim import make_optimizer, warmup_cosine
 from ssl_census.training.rundir import RunDir
 
 VAL_SEED_OFFSET = 104_729
+INPUT_LAYOUTS = ("auto", "sparse", "dense")
 
 
 class Loader(Protocol):
@@ -64,6 +65,12 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     amp: bool = True
+    input_layout: str = "auto"  # the batches the encoder reads: sparse, dense or auto
+
+    def __post_init__(self) -> None:
+        if self.input_layout not in INPUT_LAYOUTS:
+            raise UserError(f"[train] input_layout = {self.input_layout!r} is not a layout",
+                            f"use one of {', '.join(INPUT_LAYOUTS)}")
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
