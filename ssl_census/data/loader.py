@@ -414,15 +414,18 @@ class BlockShuffleLoader:
         stop: threading.Event,
     ) -> None:
         upcoming = _fetches_from(plan, start_batch * self.batch_size)
-        current = next(upcoming, None)
+        current, following = next(upcoming, None), next(upcoming, None)
+        self._advise(current)  # the first fetch's blocks all in flight at once: first batch
         loading = self._load(current[0], pool) if current else None
+        self._advise(following)
         pieces: list[tuple[_FetchBuffer, np.ndarray]] = []
         filled = 0
         while current is not None:
             fetch, skip = current
             buf = self._wait(loading, fetch)
-            current = next(upcoming, None)
+            current, following = following, next(upcoming, None)
             loading = self._load(current[0], pool) if current else None
+            self._advise(following)
             order = fetch.order[skip:]
             pos = 0
             while pos < len(order):
@@ -438,6 +441,21 @@ class BlockShuffleLoader:
                 return
         if pieces:
             self._put(results, pool.submit(self._gather, pieces), stop)
+
+    def _advise(self, upcoming: tuple[Fetch, int] | None) -> None:
+        """Have the OS read the fetch after the one being loaded into its page cache now.
+
+        On a cold cache (a store larger than the free memory) each block is a random read,
+        and the workers' reads alone keep only a few requests in flight; hinting a whole fetch
+        ahead lets the disk work on all its blocks at once while the current fetch
+        decompresses. Costs nothing when the bytes are cached already."""
+        if upcoming is None:
+            return
+        fetch = upcoming[0]
+        lo, hi = self.indptr[fetch.starts], self.indptr[fetch.stops]
+        for a in self._arrays:
+            for b in np.flatnonzero(hi > lo):
+                self.reader.will_need(a, int(lo[b]), int(hi[b]))
 
     def _load(
         self, fetch: Fetch, pool: ThreadPoolExecutor

@@ -43,6 +43,7 @@ from ssl_census.core.errors import UserError
 READERS = ("direct", "zarr", "zarrs", "tensorstore")
 AUTO_READER = "direct"  # fastest in `ssl-census bench loader` (docs/loader.md)
 _MISSING = np.uint64(2**64 - 1)  # a chunk that was never written: all fill value
+_FADVISE = getattr(os, "POSIX_FADV_WILLNEED", None)  # Linux and most Unixes; not macOS
 
 
 def is_url(path: str | os.PathLike[str]) -> bool:
@@ -85,6 +86,13 @@ class ByteSource:
         if self._fs:
             return self._fs.cat_file(self._path(key), start=start, end=stop)
         return os.pread(self._fd(key), stop - start, start)
+
+    def will_need(self, key: str, start: int, stop: int) -> None:
+        """Ask the OS to start reading bytes ``[start, stop)`` of a local file into the page
+        cache now (``posix_fadvise`` WILLNEED; it does not wait for the disk). A no-op for
+        URLs and where the call does not exist."""
+        if self._fs is None and _FADVISE is not None and stop > start:
+            os.posix_fadvise(self._fd(key), start, stop - start, _FADVISE)
 
     def _fd(self, key: str) -> int:
         fd = self._fds.get(key)
@@ -236,6 +244,31 @@ class DirectArray:
             blosc.decompress(raw, buf)
             out[:] = buf[skip : skip + len(out)]
 
+    def byte_ranges(self, lo: int, hi: int) -> list[tuple[str, int, int]]:
+        """(shard file, start, stop) spanning the stored chunks of elements ``[lo, hi)``, one
+        range per shard (a shard's chunks lie in it in order)."""
+        m = self.meta
+        if hi <= lo:
+            return []
+        chunks = np.arange(lo // m.chunk, (hi - 1) // m.chunk + 1)
+        ranges = []
+        for s in np.unique(chunks // m.chunks_per_shard):
+            index = self.shard_index(int(s))
+            if index is None:
+                continue
+            mine = chunks[chunks // m.chunks_per_shard == s] % m.chunks_per_shard
+            entries = index[mine]
+            entries = entries[entries[:, 0] != _MISSING]
+            if len(entries):
+                start, stop = entries[:, 0].min(), (entries[:, 0] + entries[:, 1]).max()
+                ranges.append((self._shard_key(int(s)), int(start), int(stop)))
+        return ranges
+
+    def will_need(self, lo: int, hi: int) -> None:
+        """Start reading the bytes of elements ``[lo, hi)`` from disk ahead of ``read_into``."""
+        for key, start, stop in self.byte_ranges(lo, hi):
+            self.source.will_need(key, start, stop)
+
     def read_into(self, lo: int, hi: int, out: np.ndarray) -> None:
         m = self.meta
         if not (0 <= lo <= hi <= m.size) or len(out) != hi - lo:
@@ -262,6 +295,10 @@ class RangeReader:
         self.read_into(array, lo, hi, out)
         return out
 
+    def will_need(self, array: str, lo: int, hi: int) -> None:
+        """A hint that elements ``[lo, hi)`` will be read soon, so their bytes can come off the
+        disk while other work runs (readers that cannot use it keep this no-op)."""
+
     def close(self) -> None:
         """Release open files (readers without any keep this no-op)."""
 
@@ -275,6 +312,9 @@ class DirectReader(RangeReader):
 
     def read_into(self, array: str, lo: int, hi: int, out: np.ndarray) -> None:
         self.arrays[array].read_into(lo, hi, out)
+
+    def will_need(self, array: str, lo: int, hi: int) -> None:
+        self.arrays[array].will_need(lo, hi)
 
     def close(self) -> None:
         self.source.close()
