@@ -31,7 +31,9 @@ def _row(cells: int, build: float, loader: float) -> dict:
                      "splits": {"train": split, "val": split, "test": split}},
         "loader_startup_ws1": {"first_batch_seconds": 1.0},
         "loader_startup_ws8": {"first_batch_seconds": 0.5},
-        "loader_epoch": {"cells_per_s": loader, "peak_rss_tree_bytes": 2**30},
+        "loader_epoch_cold": {"cells_per_s": loader / 4, "peak_rss_tree_bytes": 2**30},
+        "loader_epoch": {"cells_per_s": loader, "peak_rss_tree_bytes": 2**30,
+                         "store_cached_bytes": 2**30, "store_bytes": 2**31},
         "trainer": {"cells_per_s": 1000.0},
     }
 
@@ -43,4 +45,5 @@ def test_table_has_a_row_per_finished_size_and_the_ratio_of_last_to_first():
     assert table[0].count("|") == len(HEADER) + 1
     assert sum(line.startswith("| 5") or line.startswith("| 2") for line in table) == 2
     assert "(not as intended)" in table[2]
-    assert "build cells/s 0.80x, loader cells/s 1.50x" in table[-1]
+    assert "| 100,000 / 400,000 | 50 % |" in table[2]
+    assert "build cells/s 0.80x, loader cells/s 1.50x cold and 1.50x warm" in table[-1]

@@ -9,8 +9,12 @@ measures, each stage in a fresh process with the peak RSS of its whole process t
   then ``shards verify`` (seconds);
 - curation: cell types kept (against the profile's intended set), tech_samples and cells per
   split;
-- loader: start-up (construction to first batch) at world sizes 1 and 8, and one full epoch
-  over the train split at batch 8,192 (cells/s, peak RSS);
+- loader: start-up (construction to first batch) at world sizes 1 and 8, and two full epochs
+  over the train split at batch 8,192 (cells/s, peak RSS): cold, with the store dropped from
+  the page cache first (read from disk, as a store larger than the memory always is), then
+  warm, right after it (from memory as far as the page cache holds the store; the share it
+  held is recorded). Cold against cold and warm against warm compare sizes fairly: at 0.5M
+  cells a store fits in any page cache, at 22.2M it may not;
 - trainer host path: cells/s of the real ``Trainer`` (``ssl-census pretrain``) at batch 8,192
   with a one-layer model, i.e. the rate at which this host prepares batches for a device.
 
@@ -37,13 +41,20 @@ import numpy as np
 
 from ssl_census.core import atomic
 from ssl_census.core.errors import UserError
-from ssl_census.core.measure import TreeRssSampler, directory_bytes, in_fresh_process
+from ssl_census.core.measure import (
+    TreeRssSampler,
+    directory_bytes,
+    evict_from_page_cache,
+    in_fresh_process,
+    page_cache_bytes,
+)
 
 DEFAULT_SIZES = (500_000, 2_000_000, 8_000_000, 22_200_000)
 # The census: the synthetic census's sctab profile (census/synth_sctab.py) at each size, built
 # with scTab's preset at the curation thresholds that size was designed for, so "kept as
 # intended" compares with the profile's exact set (164 types at every size).
 PROFILE = "sctab"
+EPOCHS = {"loader_epoch_cold": True, "loader_epoch": False}  # keys of a size's row: cold first
 TRAIN_STEPS = 10  # trainer host path: steps timed after the first window (8 s each on 2 CPUs)
 GIB = 2**30
 
@@ -114,17 +125,22 @@ def loader_startup(out: str, world_size: int, batch_size: int, workers: int) -> 
     return {"construct_seconds": built, "first_batch_seconds": first}
 
 
-def loader_epoch(out: str, batch_size: int, workers: int) -> dict[str, Any]:
-    """One full epoch of the train split as CSR batches (what a device would be sent)."""
+def loader_epoch(out: str, batch_size: int, workers: int, cold: bool) -> dict[str, Any]:
+    """One full epoch of the train split as CSR batches (what a device would be sent); with
+    ``cold`` the store is dropped from the page cache first."""
     from ssl_census.data import BlockShuffleLoader
 
+    evicted = evict_from_page_cache(out) if cold else 0
+    cached = page_cache_bytes(out)
     loader = BlockShuffleLoader(out, "train", batch_size=batch_size, dense=False,
                                 obs_columns=(), rank=0, world_size=1, workers=workers)
     cells, t0 = 0, time.perf_counter()
     for batch in loader:
         cells += len(batch)
     seconds = time.perf_counter() - t0
-    return {"cells": cells, "seconds": seconds, "cells_per_s": cells / seconds}
+    return {"cells": cells, "seconds": seconds, "cells_per_s": cells / seconds, "cold": cold,
+            "evicted_bytes": evicted, "store_cached_bytes": cached,
+            "store_bytes": directory_bytes(out)}
 
 
 # -- driver ---------------------------------------------------------------------------------
@@ -250,7 +266,8 @@ def run_scale(work: Path, sizes: list[int], nnz_per_cell: int, workers: int,
         for ws in (1, 8):
             stage(f"loader_startup_ws{ws}", loader_startup, str(store), ws, batch_size,
                   loader_workers)
-        stage("loader_epoch", loader_epoch, str(store), batch_size, loader_workers)
+        for epoch, cold in EPOCHS.items():
+            stage(epoch, loader_epoch, str(store), batch_size, loader_workers, cold)
         log(f"[{n:,} cells] trainer host path ...")
         row["trainer"] = trainer_host_path(str(store), work / f"run-{n}", batch_size,
                                            loader_workers, TRAIN_STEPS)
@@ -275,6 +292,7 @@ def run_scale(work: Path, sizes: list[int], nnz_per_cell: int, workers: int,
 
 def _fmt(row: dict[str, Any]) -> list[str]:
     b, lo, tr, cur = row["build"], row["loader_epoch"], row.get("trainer", {}), row["curation"]
+    cold = row.get("loader_epoch_cold")
     census = row.get("census", {})
     splits = cur["splits"]
     return [
@@ -291,17 +309,25 @@ def _fmt(row: dict[str, Any]) -> list[str]:
         " / ".join(f"{splits[s]['cells']:,}" for s in ("train", "val", "test")),
         f"{row['loader_startup_ws1']['first_batch_seconds']:.2f} / "
         f"{row['loader_startup_ws8']['first_batch_seconds']:.2f}",
-        f"{lo['cells_per_s']:,.0f}",
+        (f"{cold['cells_per_s']:,.0f}" if cold else "-") + f" / {lo['cells_per_s']:,.0f}",
+        _cached_share(lo),
         f"{lo['peak_rss_tree_bytes'] / GIB:.2f}",
         f"{tr['cells_per_s']:,.0f}" if "cells_per_s" in tr else "-",
     ]
+
+
+def _cached_share(epoch: dict[str, Any]) -> str:
+    if "store_cached_bytes" not in epoch:
+        return "-"
+    return f"{100 * epoch['store_cached_bytes'] / max(epoch['store_bytes'], 1):.0f} %"
 
 
 PHASES = ("obs", "parts", "merge")  # of the shard build, in the order they run
 HEADER = ["cells in census", "census written cells/s", "build cells/s", "build phases (s)",
           "build peak RSS tree / main (GiB)",
           "parts / store / census (GiB)", "verify (s)", "types kept", "tech_samples t/v/t",
-          "cells t/v/t", "loader start ws1 / ws8 (s)", "loader epoch cells/s",
+          "cells t/v/t", "loader start ws1 / ws8 (s)", "loader epoch cells/s cold / warm",
+          "store in page cache (warm)",
           "loader peak RSS (GiB)", "trainer host cells/s"]
 
 
@@ -312,9 +338,12 @@ def format_table(result: dict[str, Any]) -> str:
     if len(rows) >= 2:
         first, last = rows[0], rows[-1]
         build = last["build"]["cells_per_s"] / first["build"]["cells_per_s"]
-        loader = last["loader_epoch"]["cells_per_s"] / first["loader_epoch"]["cells_per_s"]
+        loader = " and ".join(
+            f"{last[e]['cells_per_s'] / first[e]['cells_per_s']:.2f}x {label}"
+            for e, label in (("loader_epoch_cold", "cold"), ("loader_epoch", "warm"))
+            if e in first and e in last)
         lines += ["", f"{last['cells']:,} against {first['cells']:,} cells: build cells/s "
-                  f"{build:.2f}x, loader cells/s {loader:.2f}x"]
+                  f"{build:.2f}x, loader cells/s {loader}"]
     for r in rows:
         if "kill_resume" in r:
             k = r["kill_resume"]
@@ -332,7 +361,9 @@ def plot(result: dict[str, Any], png: Path) -> None:
     x = [r["cells"] for r in rows]
     panels = [
         ("cells/s", [("shard build", [r["build"]["cells_per_s"] for r in rows]),
-                     ("loader epoch", [r["loader_epoch"]["cells_per_s"] for r in rows]),
+                     ("loader epoch, cold", [r.get("loader_epoch_cold", {}).get(
+                         "cells_per_s", np.nan) for r in rows]),
+                     ("loader epoch, warm", [r["loader_epoch"]["cells_per_s"] for r in rows]),
                      ("trainer host path", [r.get("trainer", {}).get("cells_per_s", np.nan)
                                             for r in rows])]),
         ("peak RSS (GiB)", [("shard build", [r["build"]["peak_rss_tree_bytes"] / GIB

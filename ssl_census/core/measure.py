@@ -13,6 +13,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -102,3 +103,62 @@ def directory_bytes(path: str | os.PathLike[str]) -> int:
             except FileNotFoundError:  # removed while walking
                 continue
     return total
+
+
+def _files(path: str | os.PathLike[str]) -> list[str]:
+    return [os.path.join(root, f) for root, _, files in os.walk(path) for f in files]
+
+
+def evict_from_page_cache(path: str | os.PathLike[str]) -> int:
+    """Drop the files under ``path`` from the OS page cache, as if never read since boot, so a
+    benchmark can time a cold read without root or a reboot (a sync first: only clean pages
+    can go). ``posix_fadvise`` DONTNEED; returns the bytes of the files advised, 0 where the
+    call does not exist (macOS), and then reads stay as warm as they were."""
+    advice = getattr(os, "POSIX_FADV_DONTNEED", None)
+    if advice is None:
+        return 0
+    os.sync()
+    total = 0
+    for name in _files(path):
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, advice)
+            total += os.fstat(fd).st_size
+        finally:
+            os.close(fd)
+    return total
+
+
+def page_cache_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of the files under ``path`` that sit in the OS page cache now (``mincore`` over a
+    read-only map of each file; Linux and the BSDs). What a benchmark reports beside a read
+    rate: a store read from memory and one read from disk differ by an order of magnitude."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                          ctypes.c_int, ctypes.c_long]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p]
+    prot_read, map_shared = 1, 1
+    resident = 0
+    for name in _files(path):
+        size = os.path.getsize(name)
+        if size == 0:
+            continue
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            addr = libc.mmap(None, size, prot_read, map_shared, fd, 0)
+            if addr in (None, ctypes.c_void_p(-1).value):
+                raise OSError(ctypes.get_errno(), f"mmap of {name} failed")
+            pages = (size + PAGE_SIZE - 1) // PAGE_SIZE
+            vec = ctypes.create_string_buffer(pages)
+            try:
+                if libc.mincore(ctypes.c_void_p(addr), size, vec) != 0:
+                    raise OSError(ctypes.get_errno(), f"mincore of {name} failed")
+            finally:
+                libc.munmap(ctypes.c_void_p(addr), size)
+            in_cache = np.frombuffer(vec.raw, dtype=np.uint8) & 1
+            resident += min(int(in_cache.sum()) * PAGE_SIZE, size)
+        finally:
+            os.close(fd)
+    return resident
