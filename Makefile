@@ -11,11 +11,12 @@ export SSL_CENSUS_DATA ?= $(abspath ../shared/data)
 
 .PHONY: install test demo shards bench lint reproduce wheel-check
 
-# torch first and pinned: an open torch requirement pulls gigabytes of CUDA packages.
+# torch first and pinned: an open torch requirement pulls gigabytes of CUDA packages. The scvi
+# extra (scvi-tools, Lightning) accepts the torch already there, so it pulls no other torch.
 install: .installed
 .installed: pyproject.toml
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[dev]"
+	$(PIP) install -q -e ".[dev,scvi]"
 	touch .installed
 
 test: install

@@ -197,3 +197,35 @@ def _names(value: str, option: str) -> list[str]:
         raise UserError(f"{option} is empty", f"give {option} a comma-separated list")
     return names
 
+
+
+@bench.command("scvi")
+@click.option("--cells", default="500k", show_default=True,
+              help="Cells of the synthetic store (500000, 500k, 2M).")
+@click.option("--genes", default=19_331, show_default=True, type=click.IntRange(10),
+              help="Genes of the store and the model.")
+@click.option("--nnz-per-cell", default=1_750, show_default=True, type=click.IntRange(1),
+              help="Non-zero genes per cell, about (scTab: 1,500-2,000 of 19,331).")
+@click.option("--epochs", default=1, show_default=True, type=click.IntRange(1),
+              help="Epochs each side trains (each one timed).")
+@click.option("--batch-size", default=128, show_default=True, type=click.IntRange(3),
+              help="scvi-tools' default is 128.")
+@click.option("--workers", default=None, type=click.IntRange(1),
+              help="Loader worker threads of the shard store side [default: the loader's].")
+@click.option("--threads", default=None, type=click.IntRange(1),
+              help="torch intra-op threads [default: torch's].")
+@click.option("--work", default="work/bench-scvi", show_default=True,
+              type=click.Path(file_okay=False), help="The synthetic store goes here (reused).")
+@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+              help="Also write the figures here.")
+def scvi_command(cells, genes, nnz_per_cell, epochs, batch_size, workers, threads, work,
+                 json_path) -> None:
+    """scVI epoch time and peak RSS: shard store vs scvi-tools' in-memory AnnData loader."""
+    from ssl_census.benchmarks.scvi_bench import format_report, run_scvi_bench
+    from ssl_census.core import atomic
+
+    report = run_scvi_bench(Path(work), parse_cells(cells), genes, nnz_per_cell, epochs,
+                            batch_size, workers, threads, log=click.echo)
+    click.echo(format_report(report))
+    if json_path:
+        atomic.write_json(json_path, report)

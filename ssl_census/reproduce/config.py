@@ -68,6 +68,10 @@ class ReproduceConfig:
     integration_batch_key: str
     integration_sets: tuple[H5adView, ...]
     integration_max_cells: int
+    # scVI beside the integration runs (when the scvi extra is installed); None epochs:
+    # scvi-tools' own heuristic over the training cells
+    integration_scvi: bool = True
+    integration_scvi_max_epochs: int | None = None
     variants: dict[str, Variant] = field(default_factory=dict)
     device: str = "cpu"
     threads: int | None = None
@@ -166,6 +170,9 @@ def load_reproduce_config(path: str | Path) -> ReproduceConfig:
         integration_sets=tuple(_view(d, d.get("name", f"set{i}"))
                                for i, d in enumerate(integ.get("datasets", []))),
         integration_max_cells=int(integ.get("max_cells", 20_000)),
+        integration_scvi=bool(integ.get("scvi", True)),
+        integration_scvi_max_epochs=(int(integ["scvi_max_epochs"])
+                                     if integ.get("scvi_max_epochs") is not None else None),
         variants=_variants(raw.get("variants", {})),
         device=str(raw.get("device", "cpu")),
         threads=raw.get("threads"),

@@ -19,13 +19,15 @@ from typing import Any
 import anndata as ad
 
 from ssl_census.evaluation.integration import scib_available
+from ssl_census.evaluation.scvi_baseline import scvi_available
 from ssl_census.reproduce import results as res
 from ssl_census.reproduce.config import ReproduceConfig
 from ssl_census.shards.config import CurationConfig
 from ssl_census.shards.curation import SctabComparison, compare_with_sctab
 from ssl_census.shards.store import open_shards
 
-VERSIONED = ("ssl-census", "torch", "numpy", "scikit-learn", "scib-metrics", "tiledbsoma", "zarr")
+VERSIONED = ("ssl-census", "torch", "numpy", "scikit-learn", "scib-metrics", "scvi-tools",
+             "tiledbsoma", "zarr")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,7 @@ class PageFacts:
     training: dict[str, res.Training]
     stores: list[StoreFacts]
     scib: tuple[bool, str]
+    scvi: tuple[bool, str]  # whether scvi-tools is importable (else why); the scVI rows need it
     aux_cells: int
     aux_datasets: int
     kang_types: int | None
@@ -143,6 +146,7 @@ def gather_facts(conf: ReproduceConfig, work: Path, inputs: Any, genes: Path, se
         training=res.training_lengths(conf, work),
         stores=[store_facts(n, p) for n, p in inputs.stores.items()],
         scib=scib_available(),
+        scvi=scvi_available(),
         aux_cells=len(aux),
         aux_datasets=int(aux["dataset_id"].nunique()),
         kang_types=int(kang["cell_type"].nunique()) if "cell_type" in kang else None,

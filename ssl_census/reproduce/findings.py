@@ -29,6 +29,7 @@ from ssl_census.reproduce.results import (
     NO_PRETRAINING,
     PER_PROTEIN,
     RANDOM_INIT,
+    SCVI,
     SUPERVISED,
     UNSUPERVISED,
     Row,
@@ -127,12 +128,20 @@ def holm(comparisons: list[Comparison]) -> None:
 
 @dataclass
 class Finding:
+    """A claim and its comparisons. A claim of ``equal`` standing (two models are comparable)
+    holds where neither model is better beyond the seed noise, i.e. where its comparisons are
+    not resolved, and fails where one is; with too few seeds to resolve anything that says
+    little, which is why the comparisons are shown with their intervals."""
+
     claim: str
     paper: str
     comparisons: list[Comparison]
+    equal: bool = False
 
     def summary(self) -> str:
         """How many comparisons hold, are reversed or unresolved."""
+        if self.equal:
+            return self._equal_summary()
         counts: dict[str, int] = {}
         for c in self.comparisons:
             counts[c.verdict] = counts.get(c.verdict, 0) + 1
@@ -146,6 +155,27 @@ class Finding:
         parts = [f"{n} {v}" for v, n in counts.items()]
         return "mixed: " + ", ".join(parts) + f" (of {total})"
 
+    def _equal_summary(self) -> str:
+        total = len(self.comparisons)
+        tested = [c for c in self.comparisons if c.n > 1]
+        apart = [c for c in tested if c.verdict != UNCLEAR]
+        if len(tested) < total:
+            return (f"{total - len(tested)} of {total} comparison(s) not measured or with one "
+                    f"seed; {len(apart)} of the others differ beyond the seed noise")
+        if not apart:
+            return f"holds: no difference beyond the seed noise in all {total} comparison(s)"
+        return (f"does not hold: {len(apart)} of {total} comparison(s) differ beyond the seed "
+                "noise")
+
+    def holds(self) -> bool:
+        if self.equal:
+            return bool(self.comparisons) and all(c.n > 1 and c.verdict == UNCLEAR
+                                                  for c in self.comparisons)
+        return _all(self, HOLDS)
+
+    def reversed(self) -> bool:
+        return not self.equal and _all(self, CONTRADICTED)
+
 
 def in_short(found: list[Finding]) -> list[str]:
     """The plain statement: which findings hold, which do not, and how large the uncertainty
@@ -158,10 +188,9 @@ def in_short(found: list[Finding]) -> list[str]:
                 "comparisons gets a verdict; configure at least two seeds (the paper: five)."]
     counts = {v: sum(c.verdict == v for c in comps) for v in (HOLDS, CONTRADICTED, UNCLEAR)}
     groups = {
-        "Hold in every comparison": [f for f in found if _all(f, HOLDS)],
-        "Reversed in every comparison": [f for f in found if _all(f, CONTRADICTED)],
-        "Mixed or not resolved": [f for f in found
-                                  if not _all(f, HOLDS) and not _all(f, CONTRADICTED)],
+        "Hold in every comparison": [f for f in found if f.holds()],
+        "Reversed in every comparison": [f for f in found if f.reversed()],
+        "Mixed or not resolved": [f for f in found if not f.holds() and not f.reversed()],
     }
     out = [f"In short, of {len(comps)} comparisons {counts[HOLDS]} hold, "
            f"{counts[CONTRADICTED]} are reversed and {counts[UNCLEAR]} are within the "
@@ -203,6 +232,12 @@ def _get(rows: dict[str, Row], name: str) -> Row:
     if name not in rows:
         raise ValueError(f"no row {name!r} in a table of {', '.join(sorted(rows))}")
     return rows[name]
+
+
+def _scvi_row(rows: dict[str, Row]) -> Row | None:
+    """scVI's row; None (its comparisons read "not measured") when the run left scVI out
+    (the scvi extra not installed: the page says so)."""
+    return rows.get(SCVI)
 
 
 def _rows(table, names: list[str]) -> list[Row]:
@@ -271,6 +306,14 @@ def paper_findings(methods: tuple[str, ...], transfer, unseen, cross, integratio
             "PCA is the integration baseline, scVI comparable to SSL-shallow",
             [compare(_get(table.rows, UNSUPERVISED), _get(table.rows, PCA_NAME), "Total",
                      f"Total on {name}") for name, table in integration.items()]))
+        out.append(Finding(
+            "scVI is comparable to SSL-shallow: neither integrates better beyond the seed "
+            "noise (scIB total)",
+            "scVI comparable to SSL-shallow",
+            [compare(_get(table.rows, ssl(m, shallow=True)), _scvi_row(table.rows), "Total",
+                     f"Total on {name}")
+             for name, table in integration.items() for m in integration_methods],
+            equal=True))
     holm([c for f in out for c in f.comparisons])  # the page's comparisons are one family
     return out
 

@@ -73,7 +73,7 @@ def _colour(name: str) -> str:
     for key, colour in (("random-init", "#bbbbbb"), ("PCA", "#8c8c8c"), ("mean", "#8c8c8c"),
                         ("random init", "#bbbbbb"), ("supervised", "#d62728"),
                         ("unsupervised", "#d62728"), ("zero-shot", "#9ecae1"),
-                        ("shallow", "#6baed6")):
+                        ("shallow", "#6baed6"), (res.SCVI, "#31a354")):
         if key in name:
             return colour
     return "#2171b5"
@@ -100,10 +100,12 @@ def _training_lines(lengths: dict[str, res.Training]) -> list[str]:
         bounds = [f"{lim[k]} {k.removeprefix('max_')}" for k in ("max_epochs", "max_steps")
                   if lim.get(k)]
         steps = sorted(t.steps)
+        # scVI trains without validation or early stopping, scvi-tools' defaults
+        checks = (f"validation every {lim.get('val_every')} steps, patience "
+                  f"{lim.get('patience')}" if lim.get("val_every") else "no validation")
         lines.append(
             f"{label}: batch {lim.get('batch_size')}, at most {' or '.join(bounds)}, "
-            f"validation every {lim.get('val_every')} steps, patience {lim.get('patience')}; "
-            f"{len(steps)} run(s) trained {steps[0]}-{steps[-1]} steps (median "
+            f"{checks}; {len(steps)} run(s) trained {steps[0]}-{steps[-1]} steps (median "
             f"{steps[len(steps) // 2]}), {t.stopped_early} of them stopped early")
     return lines
 
@@ -298,6 +300,8 @@ def _section_integration(conf: ReproduceConfig, tables: dict[str, res.Table],
         "total = 0.6 bio + 0.4 batch)."
         + ("" if ok else f" **scib-metrics is not available here: {reason}**"),
         "",
+        _scvi_line(conf, facts),
+        "",
     ]
     for view in conf.integration_sets:
         table = tables[view.name]
@@ -311,6 +315,24 @@ def _section_integration(conf: ReproduceConfig, tables: dict[str, res.Table],
                   f"![scIB total, {view.name}]({_rel(fig[f'integration-{view.name}'], page)})",
                   ""]
     return lines
+
+
+def _scvi_line(conf: ReproduceConfig, facts: PageFacts) -> str:
+    """What the scVI row is, or why there is none."""
+    if not conf.integration_scvi:
+        return "scVI: left out by the config (`[integration] scvi = false`)."
+    ok, reason = facts.scvi
+    if not ok:
+        return (f"scVI: **skipped, the scvi extra is not installed** ({reason}); "
+                "install it and run `make reproduce` again for the scVI rows.")
+    epochs = (f"{conf.integration_scvi_max_epochs} epochs" if conf.integration_scvi_max_epochs
+              else "scvi-tools' default number of epochs for the training cells")
+    return ("`scVI`: scvi-tools' `SCVI` with its defaults (10 latent dimensions, one hidden "
+            "layer of 128, ZINB likelihood, batch 128, " + epochs + ") and the same batch "
+            f"covariate `{conf.integration_batch_key}`, trained with the same seeds on the "
+            "integration store's training split, streamed from the store "
+            "(`ssl_census.data.scvi.ShardDataModule`, raw counts); its latent means of each "
+            "dataset's h5ad are scored beside the other rows.")
 
 
 def _section_limits(conf: ReproduceConfig, facts: PageFacts) -> list[str]:

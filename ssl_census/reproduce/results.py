@@ -61,6 +61,7 @@ CROSS_METRICS = ("Pearson", PER_PROTEIN, "Pearson per cell")
 MEAN_BASELINE = "predict the mean"
 NO_PRETRAINING = "no pre-training (random init)"
 UNSUPERVISED = "unsupervised"
+SCVI = "scVI"  # scvi-tools' SCVI trained on the integration store (evaluation.scvi_baseline)
 
 
 def ssl(method: str, shallow: bool = False) -> str:
@@ -220,7 +221,7 @@ def integration_tables(conf: ReproduceConfig, work: Path, seeds: list[int]) -> d
 
 
 STAGES = {"pretrain": "pre-training", "celltype": "cell type",
-          "cross_modality": "cross-modality", "integration": "integration"}
+          "cross_modality": "cross-modality", "integration": "integration", "scvi": SCVI}
 
 
 @dataclass

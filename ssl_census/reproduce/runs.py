@@ -22,6 +22,8 @@ Layout under the work directory (``<R>`` = ``runs/<config name>``)::
                                                        against kang's validation cells
     <R>/seed<S>/cross_modality/{random,<method>}      finetune --task cross_modality
     <R>/seed<S>/integration/{unsupervised,<m>,<m>-shallow}   finetune --task integration
+    <R>/seed<S>/integration/scvi                      scvi-tools' SCVI on the integration store
+                                                       (the scvi extra), latent-<dataset>.npy
     <R>/seed<S>/integration/scores-<dataset>.json     scIB of those runs and PCA, in one
                                                        benchmark
 """
@@ -37,17 +39,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ssl_census.core import atomic
 from ssl_census.core.config import load_toml, merge
+from ssl_census.core.errors import UserError
 from ssl_census.data.h5ad import load_unseen
 from ssl_census.evaluation.embed import apply_to_matrix
 from ssl_census.evaluation.integration import integration_scores
 from ssl_census.evaluation.pca import pca_of_cells
 from ssl_census.evaluation.render import write_reports
 from ssl_census.evaluation.report import PCA_NAME, EvalOptions, evaluate_h5ad, evaluate_shards
+from ssl_census.evaluation.scvi_baseline import (
+    latent_file,
+    scvi_available,
+    scvi_integration_run,
+    scvi_max_epochs,
+    scvi_version,
+)
 from ssl_census.reproduce.config import ReproduceConfig
 from ssl_census.reproduce.data import digest, identity
-from ssl_census.reproduce.results import DONE, UNSUPERVISED, runs_root, ssl
+from ssl_census.reproduce.results import DONE, SCVI, UNSUPERVISED, runs_root, ssl
+from ssl_census.shards.store import read_manifest
 from ssl_census.tasks.config import FinetuneConfig
 from ssl_census.tasks.finetune import run_finetune
 from ssl_census.tasks.runs import run_gene_space
@@ -242,9 +255,32 @@ class Experiment:
                                        extra, h5ad=h5ad))
         return steps
 
+    def scvi(self, seed: int) -> Step | None:
+        """scvi-tools' SCVI (its defaults; batch covariate the integration runs' own) trained
+        on the integration store, writing its latent space of each dataset's h5ad; None when
+        the config leaves it out or the scvi extra is not installed (the page says which)."""
+        if not self.conf.integration_scvi or not scvi_available()[0]:
+            return None
+        out = self._dir(seed, "integration", "scvi")
+        store = self.inputs.stores["integration"]
+        views = {ds: h5ad for ds, (h5ad, _, _) in self.inputs.integration.items()}
+        n_train = read_manifest(store)["splits"]["train"]["n_cells"]
+        epochs = self.conf.integration_scvi_max_epochs or scvi_max_epochs(n_train)
+        batch_key = self.conf.integration_batch_key
+        # the resolved settings, in the [train] / [data] shape the page's training lines read
+        cfg = {"train": {"max_epochs": epochs, "seed": seed}, "data": {"batch_size": 128},
+               "batch_key": batch_key, "device": self.conf.device}
+        inputs = {"stage": "scvi", "config": cfg, "shards": self._id(store),
+                  "views": {ds: self._id(h5ad) for ds, h5ad in views.items()},
+                  "scvi_tools": scvi_version()}
+        return Step("train", f"scVI seed {seed}", out, inputs,
+                    lambda: scvi_integration_run(store, out, views, batch_key, seed,
+                                                 self.conf.device, epochs))
+
     def integration(self, seed: int, pretrained: dict[str, Step]) -> list[Step]:
-        """Unsupervised, SSL and SSL-shallow integration runs on the integration store, scored
-        together on each dataset's h5ad (one scIB benchmark per dataset and seed)."""
+        """Unsupervised, SSL and SSL-shallow integration runs on the integration store, and
+        scVI beside them, scored together on each dataset's h5ad (one scIB benchmark per
+        dataset and seed)."""
         if not self.inputs.integration:
             return []
         store = self.inputs.stores["integration"]
@@ -257,19 +293,23 @@ class Experiment:
             runs[ssl(method, shallow=True)] = self.finetune(
                 seed, "integration", f"{method}-shallow", pretrained[method],
                 {**extra, "shallow": True}, shards=store)
+        scvi = self.scvi(seed)
+        latents = {SCVI: scvi} if scvi else {}
         scores = []
         max_cells = self.conf.integration_max_cells
         for ds, (h5ad, label_key, batch_key) in self.inputs.integration.items():
-            inputs = {"runs": {n: r.key for n, r in runs.items()}, "h5ad": self._id(h5ad),
-                      "label_key": label_key, "batch_key": batch_key, "seed": seed,
-                      "max_cells": max_cells}
+            inputs = {"runs": {n: r.key for n, r in {**runs, **latents}.items()},
+                      "h5ad": self._id(h5ad), "label_key": label_key, "batch_key": batch_key,
+                      "seed": seed, "max_cells": max_cells}
             scores.append(Step(
                 "scores", f"integration scores seed {seed} ({ds})",
                 self._dir(seed, "integration", f"scores-{ds}.json"), inputs,
-                lambda h5ad=h5ad, label_key=label_key, batch_key=batch_key: integration_benchmark(
+                lambda ds=ds, h5ad=h5ad, label_key=label_key, batch_key=batch_key:
+                integration_benchmark(
                     {n: r.path for n, r in runs.items()}, h5ad, label_key, batch_key, seed,
-                    self.conf.device, max_cells)))
-        return [*runs.values(), *scores]
+                    self.conf.device, max_cells,
+                    latents={n: r.path / latent_file(ds) for n, r in latents.items()})))
+        return [*runs.values(), *latents.values(), *scores]
 
     def steps(self, phase: str, seed: int) -> list[Step]:
         """The steps of one part of the experiment for one seed, in the order they run:
@@ -305,15 +345,22 @@ PHASES = ("transfer", "cross_modality", "integration")
 
 
 def integration_benchmark(runs: dict[str, Path], h5ad: Path, label_key: str, batch_key: str,
-                          seed: int, device: str, max_cells: int = 20_000) -> dict[str, Any]:
-    """scIB scores (evaluation.integration) of each run's embedding of ``h5ad`` and of the PCA
-    baseline, in one benchmark; ``runs`` maps a row name to its run directory."""
+                          seed: int, device: str, max_cells: int = 20_000,
+                          latents: dict[str, Path] | None = None) -> dict[str, Any]:
+    """scIB scores (evaluation.integration) of each run's embedding of ``h5ad``, of the
+    ``latents`` (a row name -> an .npy of one row per cell of ``h5ad``, e.g. scVI's) and of
+    the PCA baseline, in one benchmark; ``runs`` maps a row name to its run directory."""
     first = next(iter(runs.values()))
     cells = load_unseen(h5ad, run_gene_space(first), required_obs=(label_key, batch_key))
     embeddings = {}
     for name, run in runs.items():
         encoder, _ = load_encoder(run, map_location=device)
         embeddings[name] = apply_to_matrix(encoder.to(device).eval(), cells.x, 4096, device)
+    for name, path in (latents or {}).items():
+        embeddings[name] = np.load(path)
+        if len(embeddings[name]) != cells.adata.n_obs:
+            raise UserError(f"{path} has {len(embeddings[name])} rows, {h5ad} has "
+                            f"{cells.adata.n_obs} cells", f"delete {path.parent} and run again")
     embeddings[PCA_NAME] = pca_of_cells(cells.x, seed)
     obs = cells.adata.obs
     result = integration_scores(embeddings, obs[label_key].astype(str).to_numpy(),
@@ -321,7 +368,8 @@ def integration_benchmark(runs: dict[str, Path], h5ad: Path, label_key: str, bat
                                 max_cells=max_cells, seed=seed)
     return {"h5ad": str(h5ad), "label_key": label_key, "batch_key": batch_key,
             "genes_matched": int(cells.match.n_matched),
-            "runs": {name: str(run) for name, run in runs.items()}, **result}
+            "runs": {name: str(run) for name, run in {**runs, **(latents or {})}.items()},
+            **result}
 
 
 def _jsonable(summary: dict[str, Any]) -> dict[str, Any]:
