@@ -41,10 +41,39 @@ class Objective(nn.Module):
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, scored: torch.Tensor) -> torch.Tensor:
     """Mean squared error over the entries where ``scored`` is True, and only those
-    (``target`` dense or CSR)."""
-    # where(), not a product with the mask: no float copy of the mask, forward or backward
-    err = torch.where(scored, add_to(pred.float(), target, alpha=-1.0).square(), 0.0)
-    return err.sum() / scored.sum().clamp_min(1)
+    (``target`` dense or CSR). Differentiable in ``pred``."""
+    return _MaskedMSE.apply(pred, target, scored)
+
+
+def true_per_row(mask: torch.Tensor) -> torch.Tensor:
+    """The True entries of each row of a 2-d bool tensor, as a ``[rows, 1]`` int32 column.
+
+    Summed as bytes into int32: torch's bool sums and ``count_nonzero(dim=...)`` cast every
+    entry to int64 first, 15 ms at 256 x 19,331 on a CPU core against under 1 ms."""
+    return mask.view(torch.uint8).sum(dim=1, keepdim=True, dtype=torch.int32)
+
+
+class _MaskedMSE(torch.autograd.Function):
+    """The masked MSE in four passes over the ``[cells, genes]`` matrix, forward and backward
+    together, where the composed operations take about eight (a residual, its square, the
+    mask applied, the sum; and as many for the gradient): at batch 256 over 19,331 genes each
+    pass is 20 MB, a share of a CPU step that shows. The residual, zeroed outside the scored
+    entries in place, is the gradient up to the factor 2 / n."""
+
+    @staticmethod
+    def forward(ctx: Any, pred: torch.Tensor, target: torch.Tensor,
+                scored: torch.Tensor) -> torch.Tensor:
+        residual = add_to(pred.detach().float(), target, alpha=-1.0).mul_(scored)
+        n = scored.count_nonzero().clamp_min(1)
+        ctx.save_for_backward(residual, n)
+        ctx.pred_dtype = pred.dtype
+        flat = residual.view(-1)
+        return torch.dot(flat, flat) / n
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        residual, n = ctx.saved_tensors
+        return (residual * (2 * grad / n)).to(ctx.pred_dtype), None, None
 
 
 class MaskedAutoencoder(Objective):
@@ -80,7 +109,8 @@ class MaskedAutoencoder(Objective):
         if not self.rescale:
             return kept
         n_genes = x.shape[1]
-        fraction = (visible.sum(dim=1, keepdim=True) / n_genes).clamp_min(1.0 / n_genes)
+        visible_genes = true_per_row(visible)
+        fraction = (visible_genes / n_genes).clamp_min(1.0 / n_genes)
         return divide_rows(kept, fraction.to(kept.dtype))
 
     def reconstruct(self, x: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
