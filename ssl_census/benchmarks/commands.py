@@ -2,12 +2,34 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+from typing import Any
 
 import click
 
 from ssl_census.pretext import METHODS
+
+# Options that several benchmarks take alike.
+JSON_OPTION = click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
+                           help="Also write the figures here.")
+SCTAB_GENES_OPTION = click.option("--genes", default=19_331, show_default=True,
+                                  type=click.IntRange(10),
+                                  help="Genes of the synthetic store and the model.")
+SCTAB_NNZ_OPTION = click.option("--nnz-per-cell", default=1_750, show_default=True,
+                                type=click.IntRange(1),
+                                help="Non-zero genes per cell, about (scTab: 1,500-2,000 of "
+                                     "19,331).")
+THREADS_OPTION = click.option("--threads", default=None, type=click.IntRange(1),
+                              help="torch intra-op threads [default: torch's].")
+
+
+def _report(text: str, figures: dict[str, Any], json_path: str | None) -> None:
+    """Print a benchmark's report; with ``--json`` also write its figures."""
+    from ssl_census.core import atomic
+
+    click.echo(text)
+    if json_path:
+        atomic.write_json(json_path, figures)
 
 
 @click.group()
@@ -23,17 +45,14 @@ def bench() -> None:
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256))
 @click.option("--memory-budget", default="4GiB", show_default=True)
 @click.option("--seed", default=0, show_default=True)
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
-              help="Also write the figures here.")
+@JSON_OPTION
 def shards_command(cells, work, workers, memory_budget, seed, json_path) -> None:
     """Shard build vs a plain census read of the same cells (cells/s, peak RSS)."""
     from ssl_census.shards.bench import format_report, run_shards_bench
     from ssl_census.shards.commands import parse_bytes
 
     result = run_shards_bench(Path(work), cells, workers, parse_bytes(memory_budget), seed)
-    click.echo(format_report(result))
-    if json_path:
-        Path(json_path).write_text(json.dumps(result, indent=2) + "\n")
+    _report(format_report(result), result, json_path)
 
 
 @bench.command("loader")
@@ -41,8 +60,7 @@ def shards_command(cells, work, workers, memory_budget, seed, json_path) -> None
               help="Shard store to read (its train split).")
 @click.option("--synthetic", default=None, type=click.IntRange(1000),
               help="Write a synthetic store of this many cells at --shards first, if missing.")
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
-              help="Also write the figures here.")
+@JSON_OPTION
 @click.option("--cells-limit", default=None, type=click.IntRange(1),
               help="Time at most this many cells per loader (default: the whole split).")
 @click.option("--skip", multiple=True, help="Loaders to leave out (repeatable): ssl-census, "
@@ -59,17 +77,13 @@ def loader_command(shards_dir, synthetic, json_path, cells_limit, skip, work, ba
     """This loader vs annbatch+zarrs, scDataset and a raw ceiling (cells/s, RSS, shuffle)."""
     from ssl_census.benchmarks.loader_bench import format_report, run_loader_bench
     from ssl_census.benchmarks.loader_synthetic import write_synthetic_store
-    from ssl_census.core import atomic
-
     shards = Path(shards_dir)
     if synthetic:
         write_synthetic_store(shards, synthetic)
     work_dir = Path(work) if work else shards.with_name(shards.name + "-loader-bench")
     report = run_loader_bench(shards, work_dir, cells_limit, skip, batch_size, workers,
                               census_uri, reader_cells=reader_cells, log=click.echo)
-    click.echo(format_report(report))
-    if json_path:
-        atomic.write_json(json_path, report)
+    _report(format_report(report), report, json_path)
 
 
 @bench.command("scale")
@@ -129,17 +143,13 @@ def parse_cells(value: str) -> int:
 @click.option("--batch-size", default=1024, show_default=True, type=click.IntRange(1))
 @click.option("--work", default="work/bench", show_default=True, type=click.Path(file_okay=False))
 @click.option("--keep", is_flag=True, help="Keep the synthetic h5ad files and the outputs.")
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
-              help="Also write the figures here.")
+@JSON_OPTION
 def embed_command(cells, genes, nnz, batch_size, work, keep, json_path) -> None:
     """`ssl-census embed` on a large synthetic h5ad, streamed (cells/s, peak RSS)."""
-    from ssl_census.core import atomic
     from ssl_census.evaluation.bench import format_report, run_embed_bench
 
     result = run_embed_bench(Path(work), cells, genes, nnz, batch_size, keep=keep)
-    click.echo(format_report(result))
-    if json_path:
-        atomic.write_json(json_path, result)
+    _report(format_report(result), result, json_path)
 
 
 @bench.command("train")
@@ -153,25 +163,20 @@ def embed_command(cells, genes, nnz, batch_size, work, keep, json_path) -> None:
               help="Cells timed per measurement (at least two steps).")
 @click.option("--warmup-steps", default=1, show_default=True, type=click.IntRange(1),
               help="Steps run before the clock starts.")
-@click.option("--genes", default=19_331, show_default=True, type=click.IntRange(10),
-              help="Genes of the synthetic store and the model.")
-@click.option("--nnz-per-cell", default=1_750, show_default=True, type=click.IntRange(1),
-              help="Non-zero genes per cell, about (scTab: 1,500-2,000 of 19,331).")
+@SCTAB_GENES_OPTION
+@SCTAB_NNZ_OPTION
 @click.option("--hidden", default="512,512,256,256,64", show_default=True,
               help="Encoder sizes (the decoder mirrors them).")
-@click.option("--threads", default=None, type=click.IntRange(1),
-              help="torch intra-op threads [default: torch's].")
+@THREADS_OPTION
 @click.option("--workers", default=None, type=click.IntRange(1),
               help="Loader worker threads [default: the loader's].")
 @click.option("--work", default="work/bench-train", show_default=True,
               type=click.Path(file_okay=False), help="The synthetic store goes here (reused).")
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
-              help="Also write the figures here.")
+@JSON_OPTION
 def train_command(methods, batch_sizes, layouts, timed_cells, warmup_steps, genes, nnz_per_cell,
                   hidden, threads, workers, work, json_path) -> None:
     """Trainer cells/s per method, dense against sparse input, beside the FLOP ceiling."""
     from ssl_census.benchmarks.train import LAYOUTS, format_report, run_train_bench
-    from ssl_census.core import atomic
     from ssl_census.core.errors import UserError
     from ssl_census.training.commands import parse_hidden
 
@@ -183,9 +188,7 @@ def train_command(methods, batch_sizes, layouts, timed_cells, warmup_steps, gene
     report = run_train_bench(Path(work), _names(methods, "--methods"), sizes, chosen_layouts,
                              timed_cells, warmup_steps, genes, nnz_per_cell,
                              parse_hidden(hidden), threads, workers, log=click.echo)
-    click.echo(format_report(report))
-    if json_path:
-        atomic.write_json(json_path, report)
+    _report(format_report(report), report, json_path)
 
 
 def _names(value: str, option: str) -> list[str]:
@@ -202,30 +205,23 @@ def _names(value: str, option: str) -> list[str]:
 @bench.command("scvi")
 @click.option("--cells", default="500k", show_default=True,
               help="Cells of the synthetic store (500000, 500k, 2M).")
-@click.option("--genes", default=19_331, show_default=True, type=click.IntRange(10),
-              help="Genes of the store and the model.")
-@click.option("--nnz-per-cell", default=1_750, show_default=True, type=click.IntRange(1),
-              help="Non-zero genes per cell, about (scTab: 1,500-2,000 of 19,331).")
+@SCTAB_GENES_OPTION
+@SCTAB_NNZ_OPTION
 @click.option("--epochs", default=1, show_default=True, type=click.IntRange(1),
               help="Epochs each side trains (each one timed).")
 @click.option("--batch-size", default=128, show_default=True, type=click.IntRange(3),
               help="scvi-tools' default is 128.")
 @click.option("--workers", default=None, type=click.IntRange(1),
               help="Loader worker threads of the shard store side [default: the loader's].")
-@click.option("--threads", default=None, type=click.IntRange(1),
-              help="torch intra-op threads [default: torch's].")
+@THREADS_OPTION
 @click.option("--work", default="work/bench-scvi", show_default=True,
               type=click.Path(file_okay=False), help="The synthetic store goes here (reused).")
-@click.option("--json", "json_path", default=None, type=click.Path(dir_okay=False),
-              help="Also write the figures here.")
+@JSON_OPTION
 def scvi_command(cells, genes, nnz_per_cell, epochs, batch_size, workers, threads, work,
                  json_path) -> None:
     """scVI epoch time and peak RSS: shard store vs scvi-tools' in-memory AnnData loader."""
     from ssl_census.benchmarks.scvi_bench import format_report, run_scvi_bench
-    from ssl_census.core import atomic
 
     report = run_scvi_bench(Path(work), parse_cells(cells), genes, nnz_per_cell, epochs,
                             batch_size, workers, threads, log=click.echo)
-    click.echo(format_report(report))
-    if json_path:
-        atomic.write_json(json_path, report)
+    _report(format_report(report), report, json_path)

@@ -38,15 +38,15 @@ _ACCEPT_TABLE = 1 << 16  # counts whose acceptance is tabulated; above it, compu
 
 
 @functools.lru_cache(maxsize=8)
-def _acceptance(total_count: float, p_max: float) -> np.ndarray:
-    """P(p < p_max | K = k) for k below the table size: the regularised incomplete beta."""
+def _acceptance(total_count: float, p_max: float, device: torch.device) -> torch.Tensor:
+    """P(p < p_max | K = k) for k below the table size: the regularised incomplete beta, made
+    once per device (every view of every step looks it up)."""
     k = np.arange(_ACCEPT_TABLE, dtype=np.float64)
-    return betainc(k + 1, total_count + 1, p_max)
+    return torch.from_numpy(betainc(k + 1, total_count + 1, p_max)).to(device)
 
 
 def _accept(k: torch.Tensor, total_count: float, p_max: float) -> torch.Tensor:
-    table = torch.from_numpy(_acceptance(total_count, p_max)).to(k.device)
-    prob = table[k.clamp_max(_ACCEPT_TABLE - 1)]
+    prob = _acceptance(total_count, p_max, k.device)[k.clamp_max(_ACCEPT_TABLE - 1)]
     large = k >= _ACCEPT_TABLE  # rare: P(K >= 65,536) is r / 65,546
     if large.any():
         ks = k[large].double().cpu().numpy()
